@@ -1,0 +1,126 @@
+"""Training end to end: papermill, two processes, kill-and-resume, invalid parameters, a non-finite loss."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import numpy as np, pytest, torch
+import papermill as pm
+import sr3d.train as T
+from sr3d.data import prepare_folder, save_volume
+from sr3d.model import Discriminator, Generator, load_generator
+from sr3d.losses import Perceptual25D
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(nf=8, gc=4, n_rrdb=1, d_nf=4, patch='4,4,3', patches_per_volume=1, batch_size=4, vgg_n=2, mixed_precision='no')
+
+def tiny(tmp_path, name, **kw): return T.make_config('demo', **{**TINY, 'run_dir': str(tmp_path/name), **kw})
+
+def run_py(code: str, *args, **popen):
+    "Run `code` in a fresh Python process (each process trains as a user's would)."
+    return subprocess.Popen([sys.executable, '-c', code, *args], cwd=ROOT, **popen)
+
+LAUNCH = "import json, sys; from sr3d.train import make_config, launch; launch(make_config(**json.loads(sys.argv[1])))"
+
+@pytest.mark.parametrize('vgg_n', [20, 'full'])
+def test_papermill_records_vgg_n(tmp_path, vgg_n):
+    run = tmp_path/'run'
+    pm.execute_notebook(ROOT/'nbs/train.ipynb', tmp_path/'out.ipynb', cwd=ROOT/'nbs', progress_bar=False,
+                        parameters=dict(vgg_n=vgg_n, patch='6,6,5', run_dir=str(run), epochs=1))
+    cfg = json.loads((run/'config.json').read_text())
+    assert cfg['config']['vgg_n'] == vgg_n and cfg['config']['patch'] == '6,6,5'
+    assert cfg['provenance']['versions']['torch'] == torch.__version__
+    assert (run/'generator.pt').exists() and (run/'metrics.json').exists() and (tmp_path/'out.ipynb').exists()
+    assert len((run/'log.csv').read_text().splitlines()) == 2
+
+def test_papermill_invalid_parameter_stops_before_training(tmp_path):
+    with pytest.raises(pm.PapermillExecutionError, match='larger than the LR volume'):
+        pm.execute_notebook(ROOT/'nbs/train.ipynb', tmp_path/'out.ipynb', cwd=ROOT, progress_bar=False,
+                            parameters=dict(patch='99,99,99', run_dir=str(tmp_path/'run')))
+    assert not (tmp_path/'run').exists()
+
+def test_two_processes_synchronise_gradients(tmp_path):
+    "Two gloo processes that see different data end a step with the same gradients and weights."
+    script = tmp_path/'ddp_step.py'
+    script.write_text(f'''
+import json, torch
+from accelerate import Accelerator
+from sr3d.train import make_config, train_step
+from sr3d.model import Generator, Discriminator
+c = make_config('demo', **{dict(TINY, vgg_n=0)!r})
+acc = Accelerator(cpu=True)
+torch.manual_seed(0); G, D = Generator(8, 4, 1, interp_residual=True), Discriminator(10, 4)
+og, od = torch.optim.Adam(G.parameters(), 1e-3), torch.optim.Adam(D.parameters(), 1e-3)
+G, D, og, od = acc.prepare(G, D, og, od)
+g = torch.Generator().manual_seed(acc.process_index)  # different data in each process
+batch = (torch.rand(2, 1, 4, 4, 3, generator=g), torch.rand(2, 1, 16, 16, 12, generator=g), torch.zeros(2, dtype=torch.long))
+train_step(G, D, None, og, od, batch, c, acc)
+flat = lambda m, grad: torch.cat([(p.grad if grad else p.detach()).flatten() for p in acc.unwrap_model(m).parameters()])[None]
+res = {{f'{{n}}_{{k}}': bool(torch.equal(*acc.gather(flat(m, k == 'grad')))) for n, m in (('G', G), ('D', D)) for k in ('grad', 'weight')}}
+res['world'] = acc.num_processes
+if acc.is_main_process: open({str(tmp_path/'res.json')!r}, 'w').write(json.dumps(res))
+''')
+    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(script)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((tmp_path/'res.json').read_text()) == dict(G_grad=True, G_weight=True, D_grad=True, D_weight=True, world=2)
+
+def test_launch_two_processes(tmp_path):
+    "The notebook's own path for num_processes > 1: torchrun on sr3d.train, same code as one process."
+    c = tiny(tmp_path, 'two', num_processes=2, epochs=1)
+    run = T.launch(c)
+    assert (run/'generator.pt').exists() and (run/'checkpoints/last.pt').exists()
+    assert torch.load(run/'checkpoints/last.pt', weights_only=True)['epoch'] == 1
+
+def test_kill_and_resume_gives_identical_weights(tmp_path):
+    kw = dict(TINY, epochs=6, ckpt_every=1)
+    ref = run_py(LAUNCH, json.dumps(dict(kw, run_dir=str(tmp_path/'ref'))), stderr=subprocess.DEVNULL)
+    assert ref.wait(timeout=600) == 0
+    args = json.dumps(dict(kw, run_dir=str(tmp_path/'cut')))
+    p = run_py(LAUNCH, args, stderr=subprocess.DEVNULL)
+    log = tmp_path/'cut'/'log.csv'
+    while p.poll() is None and not (log.exists() and len(log.read_text().splitlines()) >= 3):  # two epochs done
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL); p.wait()
+    assert not (tmp_path/'cut'/'generator.pt').exists(), 'the run finished before it could be killed'
+    assert run_py(LAUNCH, args, stderr=subprocess.DEVNULL).wait(timeout=600) == 0
+    a = torch.load(tmp_path/'ref/generator.pt', weights_only=True)['state_dict']
+    b = torch.load(tmp_path/'cut/generator.pt', weights_only=True)['state_dict']
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path/'ref/log.csv').read_text().splitlines()[1:] != []
+    ref_log, cut_log = (np.genfromtxt(tmp_path/d/'log.csv', delimiter=',', names=True) for d in ('ref', 'cut'))
+    np.testing.assert_array_equal(ref_log['total'], cut_log['total'])
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    c = tiny(tmp_path, 'nan', epochs=3, vgg_n=0)
+    calls = {'n': 0}; real = T.generator_loss
+    def poisoned(*a, **k):
+        t = real(*a, **k); calls['n'] += 1
+        if calls['n'] == 13: t['total'] = t['total'] * float('nan')  # epoch 2, third step (10 steps per epoch)
+        return t
+    monkeypatch.setattr(T, 'generator_loss', poisoned)
+    with pytest.raises(T.NonFiniteLoss, match='last good checkpoint'):
+        T.launch(c)
+    ckpt = tmp_path/'nan'/'checkpoints'/'last.pt'
+    assert torch.load(ckpt, weights_only=True)['epoch'] == 1
+    g = load_generator(ckpt)
+    assert all(torch.isfinite(p).all() for p in g.parameters())
+    assert not (tmp_path/'nan'/'generator.pt').exists()
+
+def test_changed_configuration_is_not_mixed_into_a_run(tmp_path):
+    c = tiny(tmp_path, 'r', epochs=1); T.open_run(c)
+    other = tiny(tmp_path, 'r', epochs=2)
+    with pytest.raises(T.ConfigError, match='different configuration'): T.open_run(other)
+
+def test_paper_preset_builds(tmp_path):
+    "The thesis's configuration validates against MSD-sized data and its models run a batch (shapes on the meta device)."
+    src = tmp_path/'hr'; src.mkdir()
+    for i in range(2): save_volume(np.random.default_rng(i).random((120, 120, 80), dtype=np.float32) + 0.1, np.eye(4), src/f's{i}.nii.gz')
+    lf = prepare_folder(src, tmp_path/'prep', test_fraction=0.5)
+    c = T.make_config('paper', data=str(lf), patches_per_volume=16)
+    assert (c.nf, c.gc, c.n_rrdb, c.patch, c.batch_size, c.vgg_n, c.vgg_resize, c.mixed_precision) == (64, 32, 10, '30,30,20', 16, 10, 224, 'bf16')
+    with torch.device('meta'):
+        G, D = Generator(c.nf, c.gc, c.n_rrdb), Discriminator(c.n_classes, c.d_nf)
+        sr = G(torch.empty(16, 1, 30, 30, 20))
+        assert sr.shape == (16, 1, 120, 120, 80)
+        assert D(torch.cat([sr, sr]), torch.zeros(32, dtype=torch.long)).shape == (32,)
+    p = Perceptual25D(c.vgg_n, c.vgg_resize, weights='random').to('meta')
+    assert p(sr, sr).shape == ()
+    assert sum(x.numel() for x in G.parameters()) == 23_455_873

@@ -9,9 +9,9 @@ from sr3d.model import Discriminator, Generator, load_generator
 from sr3d.losses import Perceptual25D
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(nf=8, gc=4, n_rrdb=1, d_nf=4, patch='4,4,3', patches_per_volume=1, batch_size=4, vgg_n=2, mixed_precision='no')
+TINY = dict(nf=8, gc=4, n_rrdb=1, d_nf=4, patch='4,4,3', patches_per_volume=4, batch_size=4, vgg_n=2, mixed_precision='no')
 
-def tiny(tmp_path, name, **kw): return T.make_config('demo', **{**TINY, 'run_dir': str(tmp_path/name), **kw})
+def tiny(tmp_path, name, data, **kw): return T.make_config('demo', **{**TINY, 'data': data, 'run_dir': str(tmp_path/name), **kw})
 
 def run_py(code: str, *args, **popen):
     "Run `code` in a fresh Python process (each process trains as a user's would)."
@@ -20,23 +20,23 @@ def run_py(code: str, *args, **popen):
 LAUNCH = "import json, sys; from sr3d.train import make_config, launch; launch(make_config(**json.loads(sys.argv[1])))"
 
 @pytest.mark.parametrize('vgg_n', [20, 'full'])
-def test_papermill_records_vgg_n(tmp_path, vgg_n):
+def test_papermill_records_vgg_n(tmp_path, vgg_n, small_data):
     run = tmp_path/'run'
     pm.execute_notebook(ROOT/'nbs/train.ipynb', tmp_path/'out.ipynb', cwd=ROOT/'nbs', progress_bar=False,
-                        parameters=dict(vgg_n=vgg_n, patch='6,6,5', run_dir=str(run), epochs=1))
+                        parameters=dict(vgg_n=vgg_n, patch='6,6,5', run_dir=str(run), epochs=1, data=small_data))
     cfg = json.loads((run/'config.json').read_text())
     assert cfg['config']['vgg_n'] == vgg_n and cfg['config']['patch'] == '6,6,5'
     assert cfg['provenance']['versions']['torch'] == torch.__version__
     assert (run/'generator.pt').exists() and (run/'metrics.json').exists() and (tmp_path/'out.ipynb').exists()
     assert len((run/'log.csv').read_text().splitlines()) == 2
 
-def test_papermill_invalid_parameter_stops_before_training(tmp_path):
+def test_papermill_invalid_parameter_stops_before_training(tmp_path, small_data):
     with pytest.raises(pm.PapermillExecutionError, match='larger than the LR volume'):
         pm.execute_notebook(ROOT/'nbs/train.ipynb', tmp_path/'out.ipynb', cwd=ROOT, progress_bar=False,
-                            parameters=dict(patch='99,99,99', run_dir=str(tmp_path/'run')))
+                            parameters=dict(patch='99,99,99', run_dir=str(tmp_path/'run'), data=small_data))
     assert not (tmp_path/'run').exists()
 
-def test_two_processes_synchronise_gradients(tmp_path):
+def test_two_processes_synchronise_gradients(tmp_path, small_data):
     "Two gloo processes that see different data end a step with the same gradients and weights."
     script = tmp_path/'ddp_step.py'
     script.write_text(f'''
@@ -44,7 +44,7 @@ import json, torch
 from accelerate import Accelerator
 from sr3d.train import make_config, train_step
 from sr3d.model import Generator, Discriminator
-c = make_config('demo', **{dict(TINY, vgg_n=0)!r})
+c = make_config('demo', **{dict(TINY, vgg_n=0, data=small_data)!r})
 acc = Accelerator(cpu=True)
 torch.manual_seed(0); G, D = Generator(8, 4, 1, interp_residual=True), Discriminator(10, 4)
 og, od = torch.optim.Adam(G.parameters(), 1e-3), torch.optim.Adam(D.parameters(), 1e-3)
@@ -62,15 +62,15 @@ if acc.is_main_process: open({str(tmp_path/'res.json')!r}, 'w').write(json.dumps
     assert p.returncode == 0, p.stderr[-3000:]
     assert json.loads((tmp_path/'res.json').read_text()) == dict(G_grad=True, G_weight=True, D_grad=True, D_weight=True, world=2)
 
-def test_launch_two_processes(tmp_path):
+def test_launch_two_processes(tmp_path, small_data):
     "The notebook's own path for num_processes > 1: torchrun on sr3d.train, same code as one process."
-    c = tiny(tmp_path, 'two', num_processes=2, epochs=1)
+    c = tiny(tmp_path, 'two', small_data, num_processes=2, epochs=1)
     run = T.launch(c)
     assert (run/'generator.pt').exists() and (run/'checkpoints/last.pt').exists()
     assert torch.load(run/'checkpoints/last.pt', weights_only=True)['epoch'] == 1
 
-def test_kill_and_resume_gives_identical_weights(tmp_path):
-    kw = dict(TINY, epochs=6, ckpt_every=1)
+def test_kill_and_resume_gives_identical_weights(tmp_path, small_data):
+    kw = dict(TINY, epochs=8, ckpt_every=1, data=small_data)
     ref = run_py(LAUNCH, json.dumps(dict(kw, run_dir=str(tmp_path/'ref'))), stderr=subprocess.DEVNULL)
     assert ref.wait(timeout=600) == 0
     args = json.dumps(dict(kw, run_dir=str(tmp_path/'cut')))
@@ -88,12 +88,12 @@ def test_kill_and_resume_gives_identical_weights(tmp_path):
     ref_log, cut_log = (np.genfromtxt(tmp_path/d/'log.csv', delimiter=',', names=True) for d in ('ref', 'cut'))
     np.testing.assert_array_equal(ref_log['total'], cut_log['total'])
 
-def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
-    c = tiny(tmp_path, 'nan', epochs=3, vgg_n=0)
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, small_data):
+    c = tiny(tmp_path, 'nan', small_data, epochs=3, vgg_n=0)
     calls = {'n': 0}; real = T.generator_loss
     def poisoned(*a, **k):
         t = real(*a, **k); calls['n'] += 1
-        if calls['n'] == 13: t['total'] = t['total'] * float('nan')  # epoch 2, third step (10 steps per epoch)
+        if calls['n'] == 6: t['total'] = t['total'] * float('nan')  # epoch 2, second step (4 steps per epoch)
         return t
     monkeypatch.setattr(T, 'generator_loss', poisoned)
     with pytest.raises(T.NonFiniteLoss, match='last good checkpoint'):
@@ -104,9 +104,9 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     assert all(torch.isfinite(p).all() for p in g.parameters())
     assert not (tmp_path/'nan'/'generator.pt').exists()
 
-def test_changed_configuration_is_not_mixed_into_a_run(tmp_path):
-    c = tiny(tmp_path, 'r', epochs=1); T.open_run(c)
-    other = tiny(tmp_path, 'r', epochs=2)
+def test_changed_configuration_is_not_mixed_into_a_run(tmp_path, small_data):
+    c = tiny(tmp_path, 'r', small_data, epochs=1); T.open_run(c)
+    other = tiny(tmp_path, 'r', small_data, epochs=2)
     with pytest.raises(T.ConfigError, match='different configuration'): T.open_run(other)
 
 def test_paper_preset_builds(tmp_path):

@@ -21,7 +21,7 @@ from .train import PRESETS, TrainConfig, epoch_batches, resolve_precision, train
 from .infer import PeakMemory, agreement_psnr, timed_super_resolve
 
 # %% auto #0
-__all__ = ['STEP_PARTS', 'THESIS_MIN_PER_EPOCH', 'GRIDS', 'PEAK_BF16_TFLOPS', 'GPU_VARIANTS', 'THESIS_PATCHES_PER_S',
+__all__ = ['STEP_PARTS', 'THESIS_MIN_PER_EPOCH', 'GRIDS', 'OOM_CHUNK', 'PEAK_BF16_TFLOPS', 'GPU_VARIANTS', 'THESIS_PATCHES_PER_S',
            'PERCEPTUAL_COLS', 'STEP_COLS', 'sync', 'interleaved', 'best', 'device_name', 'machine', 'amp',
            'vgg_batches', 'vgg_floor', 'plain_perceptual', 'plain_agreement', 'perceptual_costs', 'bench_config',
            'accelerator', 'step_setup', 'whole_step', 'step_parts', 'thesis_ratio', 'grid', 'config_key', 'free',
@@ -170,7 +170,7 @@ def perceptual_costs(n=10,  # slices per plane, or 'full'
                 floor_nchw_s=b['floor_nchw'], floor_channels_last_s=b['floor_channels_last'], plain_s=b.get('plain'),
                 loss_over_floor=b['loss'] / fl, speedup_vs_plain=b['plain'] / b['loss'] if plain_reps else None, times=times)
 
-# %% ../nbs/bench.ipynb #7a6fdf8f
+# %% ../nbs/bench.ipynb #5d86c76f
 def bench_config(preset: str = 'demo',  # 'demo' or 'paper', as in sr3d.train.PRESETS
                  **overrides,  # TrainConfig fields
                 ) -> TrainConfig:
@@ -197,7 +197,7 @@ def step_setup(c: TrainConfig,  # the configuration
     "Models, optimisers, perceptual loss (random VGG) and one random batch for `c`, as `sr3d.train` builds them."
     torch.manual_seed(seed)
     G = Generator(c.nf, c.gc, c.n_rrdb, interp_residual=c.interp_residual); D = Discriminator(c.n_classes, c.d_nf)
-    pl = None if c.vgg_n == 0 else Perceptual25D(c.vgg_n, None if c.vgg_resize == 'native' else c.vgg_resize, weights='random').to(acc.device)
+    pl = None if c.vgg_n == 0 else Perceptual25D(c.vgg_n, None if c.vgg_resize == 'native' else c.vgg_resize, weights='random', chunk=c.vgg_chunk).to(acc.device)
     mf = torch.channels_last_3d if channels_last else torch.contiguous_format
     if channels_last:
         G, D = G.to(memory_format=mf), D.to(memory_format=mf)
@@ -272,7 +272,7 @@ def grid(preset: str = 'demo',  # whose scaled grid
                              baseline=value == getattr(base, lever)))
     return rows
 
-# %% ../nbs/bench.ipynb #1bc82a08
+# %% ../nbs/bench.ipynb #9fc617e5
 def config_key(c: TrainConfig) -> tuple:
     "The levers that tell the grid's configurations apart."
     return (c.vgg_n, c.n_rrdb, c.patch)
@@ -281,6 +281,8 @@ def free(device):
     "Return cached memory after a configuration is dropped."
     gc.collect()
     if torch.device(device).type == 'cuda': torch.cuda.empty_cache()
+
+OOM_CHUNK = 1024  # images per VGG call when a configuration's perceptual loss does not fit whole
 
 def step_table(rows: list,  # from `grid`
                device='cpu', precision: str = 'no',  # where and how the steps run
@@ -291,11 +293,14 @@ def step_table(rows: list,  # from `grid`
     res, setups = {k: dict(step=[], parts=[]) for k in configs}, {}
     with accelerator(device, precision) as acc:
         for k, c in configs.items():
-            try:
-                setups[k] = step_setup(c, acc)
-                for _ in range(warmup): whole_step(setups[k])
-            except torch.OutOfMemoryError: res[k]['error'] = 'out of memory'
-            if 'error' in res[k]: setups.pop(k, None); free(device)  # outside `except`, whose traceback holds the step's tensors
+            for chunk in (None, OOM_CHUNK) if c.vgg_n != 0 else (None,):  # out of memory: again with the perceptual loss chunked
+                c.vgg_chunk = res[k]['vgg_chunk'] = chunk; res[k].pop('error', None)
+                try:
+                    setups[k] = step_setup(c, acc)
+                    for _ in range(warmup): whole_step(setups[k])
+                except torch.OutOfMemoryError: res[k]['error'] = 'out of memory'
+                if 'error' not in res[k]: break
+                setups.pop(k, None); free(device)  # outside `except`, whose traceback holds the step's tensors
         for _ in range(reps):
             for k, s in setups.items():
                 sync(device); t0 = time.perf_counter(); whole_step(s); sync(device)
@@ -309,7 +314,8 @@ def step_table(rows: list,  # from `grid`
     out = []
     for r in rows:
         m = res[config_key(r['config'])]
-        row = dict(lever=r['lever'], value=r['value'], thesis_value=r['thesis_value'], patch=r['config'].patch)
+        row = dict(lever=r['lever'], value=r['value'], thesis_value=r['thesis_value'], patch=r['config'].patch,
+                   vgg_chunk=res[config_key(r['config'])].get('vgg_chunk') or '')
         if 'error' in m: out.append({**row, 'error': m['error']}); continue
         step = min(m['step']); parts = {p: min(d[p] for d in m['parts']) for p in STEP_PARTS}
         out.append({**row, 'step_s': step, 'ratio': step / base,
@@ -430,7 +436,7 @@ def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
     lines = ['| ' + ' | '.join(map(str, df.columns)) + ' |', '|' + '---|' * len(df.columns)]
     return '\n'.join(lines + ['| ' + ' | '.join(fmt(v) for v in row) + ' |' for row in df.itertuples(index=False)])
 
-# %% ../nbs/bench.ipynb #b4e2929a
+# %% ../nbs/bench.ipynb #918949a4
 def _show(title: str, df: pd.DataFrame, cols=None) -> pd.DataFrame:
     "Print `df` (the columns `cols`, if given) under `title`."
     d = df if cols is None else df[[k for k in cols if k in df]]
@@ -439,7 +445,7 @@ def _show(title: str, df: pd.DataFrame, cols=None) -> pd.DataFrame:
 
 PERCEPTUAL_COLS = ['n', 'resize', 'images', 'precision', 'loss_s', 'floor_s', 'floor_nchw_s', 'floor_channels_last_s',
                    'plain_s', 'loss_over_floor', 'speedup_vs_plain']
-STEP_COLS = ['lever', 'value', 'thesis_value', 'step_s', 'ratio', 'thesis_ratio', *STEP_PARTS, 'parts_sum_over_step', 'peak_mb', 'error']
+STEP_COLS = ['lever', 'value', 'thesis_value', 'vgg_chunk', 'step_s', 'ratio', 'thesis_ratio', *STEP_PARTS, 'parts_sum_over_step', 'peak_mb', 'error']
 
 def loading_table(c: TrainConfig,  # the preset's configuration
                   steps: pd.DataFrame,  # the step table (its rows give the step's appetite per patch size)

@@ -25,7 +25,7 @@ __all__ = ['PRESETS', 'RESULT_FIELDS', 'TrainConfig', 'ConfigError', 'data_path'
            'rng_states', 'set_rng_states', 'save_checkpoint', 'load_checkpoint', 'resolve_precision', 'write_log',
            'train', 'launch', 'main', 'plot_log']
 
-# %% ../nbs/train.ipynb #fc3cbf09
+# %% ../nbs/train.ipynb #52723833
 @dataclass
 class TrainConfig:
     "Everything that defines a training run (see the parameters cell of nbs/train.ipynb)."
@@ -56,6 +56,7 @@ class TrainConfig:
     seed: int = 0
     ckpt_every: int = 5
     num_workers: int = 4
+    vgg_chunk: int | None = None
     run_dir: str | None = None
 
 PRESETS = {
@@ -64,7 +65,7 @@ PRESETS = {
                  patches_per_volume=2, batch_size=2, epochs=8, lr=1e-3, lr_step=6, vgg_n=3, vgg_resize='native',
                  mixed_precision='auto', weights='random', ckpt_every=1, num_workers=0),
 }
-RESULT_FIELDS = [f.name for f in fields(TrainConfig) if f.name not in ('run_dir', 'ckpt_every', 'num_workers')]
+RESULT_FIELDS = [f.name for f in fields(TrainConfig) if f.name not in ('run_dir', 'ckpt_every', 'num_workers', 'vgg_chunk')]
 
 class ConfigError(ValueError):
     "An invalid training parameter; the message names it."
@@ -94,7 +95,7 @@ def run_name(c: TrainConfig) -> str:
     res = 'native' if c.vgg_resize == 'native' else c.vgg_resize
     return f"{c.preset}-vgg{c.vgg_n}-{res}-rrdb{c.n_rrdb}-p{c.patch.replace(',', 'x')}-{config_hash(c)}"
 
-# %% ../nbs/train.ipynb #32233617
+# %% ../nbs/train.ipynb #df1301a6
 def make_config(preset: str = 'demo',  # 'demo' or 'paper'
                 **overrides,  # any TrainConfig field; None means "the preset's value"
                ) -> TrainConfig:
@@ -108,6 +109,7 @@ def make_config(preset: str = 'demo',  # 'demo' or 'paper'
     for name in ('n_rrdb',): _pos_int(c, name, 0)
     for name in ('nf', 'gc', 'd_nf', 'patches_per_volume', 'batch_size', 'epochs', 'lr_step', 'num_processes', 'n_classes', 'ckpt_every'): _pos_int(c, name)
     for name in ('seed', 'num_workers'): _pos_int(c, name, 0)
+    if c.vgg_chunk is not None: _pos_int(c, 'vgg_chunk')
     _check(c.vgg_n == 'full' or (isinstance(c.vgg_n, int) and not isinstance(c.vgg_n, bool) and c.vgg_n >= 0), 'vgg_n', f"must be an int >= 0 or 'full', got {c.vgg_n!r}")
     _check(c.vgg_resize == 'native' or (isinstance(c.vgg_resize, int) and c.vgg_resize >= 32), 'vgg_resize', f"must be an int >= 32 or 'native', got {c.vgg_resize!r}")
     for name in ('lr', 'lr_gamma'): _check(isinstance(getattr(c, name), (int, float)) and getattr(c, name) > 0, name, f"must be > 0, got {getattr(c, name)!r}")
@@ -274,7 +276,7 @@ def write_log(run_dir: Path, log: list):
     tmp = run_dir/'log.csv.tmp'
     pd.DataFrame(log).to_csv(tmp, index=False); os.replace(tmp, run_dir/'log.csv')
 
-# %% ../nbs/train.ipynb #e22b6049
+# %% ../nbs/train.ipynb #c35e4511
 def train(c: TrainConfig,  # a checked configuration whose run folder exists (see open_run)
          ) -> Path:
     "Train G and D as `c` says, in this process (one of however many were launched); return the run folder."
@@ -294,7 +296,7 @@ def _train(c: TrainConfig, acc: Accelerator) -> Path:
     D = Discriminator(c.n_classes, c.d_nf)
     perceptual = None
     if c.vgg_n != 0:
-        perceptual = Perceptual25D(c.vgg_n, None if c.vgg_resize == 'native' else c.vgg_resize, weights=c.weights).to(acc.device)
+        perceptual = Perceptual25D(c.vgg_n, None if c.vgg_resize == 'native' else c.vgg_resize, weights=c.weights, chunk=c.vgg_chunk).to(acc.device)
     opt_g = torch.optim.Adam(G.parameters(), c.lr, betas=(0.9, 0.99))
     opt_d = torch.optim.Adam(D.parameters(), c.lr, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.StepLR(opt_g, c.lr_step, c.lr_gamma)

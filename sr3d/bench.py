@@ -436,7 +436,7 @@ def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
     lines = ['| ' + ' | '.join(map(str, df.columns)) + ' |', '|' + '---|' * len(df.columns)]
     return '\n'.join(lines + ['| ' + ' | '.join(fmt(v) for v in row) + ' |' for row in df.itertuples(index=False)])
 
-# %% ../nbs/bench.ipynb #918949a4
+# %% ../nbs/bench.ipynb #73a1f283
 def _show(title: str, df: pd.DataFrame, cols=None) -> pd.DataFrame:
     "Print `df` (the columns `cols`, if given) under `title`."
     d = df if cols is None else df[[k for k in cols if k in df]]
@@ -471,7 +471,7 @@ def bench(mode: str = 'full',  # 'quick', 'full' or 'gpu'
           preset: str | None = None,  # default: 'demo' on a CPU, 'paper' with mode 'gpu'
           device=None,  # default: 'cuda' for mode 'gpu', else 'cpu'
           out=None,  # folder for bench.json and bench.md; default outputs/bench/<mode>
-          reps: int | None = None,  # timed rounds; default 2 (quick), 3 (full, gpu)
+          reps: int | None = None,  # timed rounds; default 4 (quick: the CPU's timings of one loss vary by tens of per cent between rounds), 3 (full, gpu)
           resize: int = 224,  # the headline's image size (the thesis: 224)
           threads: int | None = None,  # torch CPU threads; default torch's own
           compile: bool = True,  # mode 'gpu': include the torch.compile variant (its compilation takes minutes)
@@ -483,7 +483,7 @@ def bench(mode: str = 'full',  # 'quick', 'full' or 'gpu'
     if threads: torch.set_num_threads(threads)
     preset = preset or ('paper' if mode == 'gpu' else 'demo')
     c = bench_config(preset); precision = resolve_precision(c.mixed_precision)
-    reps = reps or (2 if mode == 'quick' else 3); warmup = 1 if device.type == 'cuda' else 0
+    reps = reps or (4 if mode == 'quick' else 3); warmup = 1 if device.type == 'cuda' else 0
     out = resolve(out or f'outputs/bench/{mode}')
     t_start = time.perf_counter()
     res = dict(mode=mode, machine=machine(device), preset=preset, config=asdict(c), precision=precision, reps=reps,

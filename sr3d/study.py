@@ -299,7 +299,7 @@ def cost_quality(study_dir) -> pd.DataFrame:
                          lo=sr[use]['ci95'][0], hi=sr[use]['ci95'][1]))
     return pd.DataFrame(rows)
 
-# %% ../nbs/study.ipynb #6ae88682
+# %% ../nbs/study.ipynb #8932d342
 from scipy import stats
 from .metrics import paired_wilcoxon
 
@@ -327,7 +327,9 @@ def _cost_verdict(study_dir, seq: list, direction: str) -> str:
     for (va, a), (vb, b) in zip(seq, seq[1:]):
         x, y = _epoch_seconds(study_dir, a), _epoch_seconds(study_dir, b)
         p = stats.mannwhitneyu(y, x, alternative='greater' if direction == 'up' else 'less').pvalue
-        if (np.median(y) > np.median(x)) != (direction == 'up'): wrong.append(f"{va} → {vb}")
+        if (np.median(y) > np.median(x)) != (direction == 'up'):
+            q = stats.mannwhitneyu(y, x, alternative='less' if direction == 'up' else 'greater').pvalue  # the opposite direction
+            wrong.append(f"{va} → {vb} ({'the opposite, beyond' if q < 0.05 else 'within'} the epoch-to-epoch noise, p = {q:.2g})")
         elif p >= 0.05: unsure.append(f"{va} → {vb} (p = {p:.2g})")
     if wrong: return 'no: ' + ', '.join(wrong)
     return 'yes' + (f"; within the epoch-to-epoch noise: {', '.join(unsure)}" if unsure else '')
@@ -349,7 +351,7 @@ def claims(study_dir) -> pd.DataFrame:
                          holds=_cost_verdict(study_dir, seq, direction)))
     def quality(claim, thesis, a, b, metric, better):
         if metric == 'lpips' and not lpips['available']:
-            rows.append(dict(claim=claim, thesis=thesis, study='—', holds=f"cannot check: LPIPS not available ({lpips['reason']})")); return
+            rows.append(dict(claim=claim, thesis=thesis, study='—', holds=f"cannot check: LPIPS not available ({lpips['reason'].split(':')[0]})")); return
         if not (a and b): rows.append(dict(claim=claim, thesis=thesis, study='—', holds='cannot check: runs missing')); return
         v, verdict = _compare(study_dir, a, b, metric, better)
         rows.append(dict(claim=claim, thesis=thesis, study=f"{metric.upper()} {v}", holds=verdict))
@@ -373,12 +375,14 @@ def claims(study_dir) -> pd.DataFrame:
         quality('smaller patches are worse', '35.47 (30x30x20) vs 34.68 dB (15x15x10)', base, name(patch=small), 'psnr', 'higher')
     return pd.DataFrame(rows)
 
-# %% ../nbs/study.ipynb #14abbdf3
+# %% ../nbs/study.ipynb #ba539f2f
 def compact_table(study_dir, title: str) -> pd.DataFrame:
     "`study_table` with the columns a reader compares first."
     t = study_table(study_dir, title)
     t = t[~t.run.isin(['(trilinear interpolation)', '(nearest interpolation)'])]
     keep = [c for c in t.columns if c in grid_params(t) or c in ('PSNR', 'PSNR 95% CI', 'SSIM', 'LPIPS', 'HFEN', 'min/epoch', 'status')]
+    t = t.copy(); base = t.run.str.startswith('(')
+    t.loc[base, keep[0]] = t.run[base].str.strip('()')  # the interpolation row, named where the grid values stand
     return t[keep]
 
 def grid_params(t: pd.DataFrame) -> list[str]: return [c for c in t.columns if c in LEVERS]

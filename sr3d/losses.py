@@ -85,7 +85,7 @@ def neighbour_stack(v: torch.Tensor,  # (B, 1, X, Y, Z)
     s = v[:, 0].index_select(dim - 1, nb).movedim(dim - 1, 1)  # (B, 3n, h, w)
     return s.reshape(v.shape[0] * len(idx), 3, *s.shape[2:])
 
-# %% ../nbs/losses.ipynb #530a0315
+# %% ../nbs/losses.ipynb #9ac70413
 class Perceptual25D(nn.Module):
     "2.5D VGG perceptual loss over `n` slices per plane (or `'full'`), SR and HR at the same indices."
     def __init__(self, n=10,  # slices per plane: an int >= 1, or 'full' for every slice
@@ -117,9 +117,10 @@ class Perceptual25D(nn.Module):
         return [torch.randperm(S, generator=self.gen)[:self.n] for S in sizes]
 
     def images(self, v: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
-        "VGG-ready images of one plane: neighbour-stacked, normalised, resized."
+        "VGG-ready images of one plane: neighbour-stacked, normalised, resized, in the VGG's channels-last layout."
         x = (neighbour_stack(v, dim, idx).to(self.mean.dtype) - self.mean) / self.std
-        return x if self.resize is None else F.interpolate(x, size=(self.resize, self.resize), mode='bilinear', align_corners=False)
+        x = x if self.resize is None else F.interpolate(x, size=(self.resize, self.resize), mode='bilinear', align_corners=False)
+        return x.contiguous(memory_format=torch.channels_last)  # the same values; on a CPU ~10% less VGG time than NCHW input (nbs/bench.ipynb)
 
     def forward(self, sr: torch.Tensor,  # (B, 1, X, Y, Z) generator output
                 hr: torch.Tensor,  # (B, 1, X, Y, Z) target

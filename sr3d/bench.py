@@ -19,6 +19,7 @@ from .model import Discriminator, Generator, count_params
 from .losses import PLANES, Perceptual25D, check_slices, d_loss, generator_loss
 from .train import PRESETS, TrainConfig, epoch_batches, resolve_precision, train_step
 from .infer import PeakMemory, agreement_psnr, timed_super_resolve
+from .study import markdown_table
 
 # %% auto #0
 __all__ = ['STEP_PARTS', 'THESIS_MIN_PER_EPOCH', 'GRIDS', 'OOM_CHUNK', 'PEAK_BF16_TFLOPS', 'GPU_VARIANTS', 'THESIS_PATCHES_PER_S',
@@ -26,7 +27,7 @@ __all__ = ['STEP_PARTS', 'THESIS_MIN_PER_EPOCH', 'GRIDS', 'OOM_CHUNK', 'PEAK_BF1
            'vgg_batches', 'vgg_floor', 'plain_perceptual', 'plain_agreement', 'perceptual_costs', 'bench_config',
            'accelerator', 'step_setup', 'whole_step', 'step_parts', 'thesis_ratio', 'grid', 'config_key', 'free',
            'step_table', 'msd_sized_data', 'loading_rate', 'inference_costs', 'peak_tflops', 'step_flops',
-           'variant_table', 'headline', 'markdown_table', 'loading_table', 'bench', 'write_results', 'bench_cli']
+           'variant_table', 'headline', 'loading_table', 'bench', 'write_results', 'bench_cli']
 
 # %% ../nbs/bench.ipynb #b2797b26
 def sync(device):
@@ -430,12 +431,6 @@ def headline(r: dict) -> str:
     return (f"perceptual loss / VGG floor: {r['loss_over_floor']:.2f}x (n={r['n']}, {r['resize']}); "
             f"speedup vs plain: {r['speedup_vs_plain']:.1f}x")
 
-def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
-    "`df` as a GitHub Markdown table, floats rounded to `digits` significant digits."
-    fmt = lambda v: (f'{v:.{digits}g}' if isinstance(v, float) and math.isfinite(v) else '' if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
-    lines = ['| ' + ' | '.join(map(str, df.columns)) + ' |', '|' + '---|' * len(df.columns)]
-    return '\n'.join(lines + ['| ' + ' | '.join(fmt(v) for v in row) + ' |' for row in df.itertuples(index=False)])
-
 # %% ../nbs/bench.ipynb #73a1f283
 def _show(title: str, df: pd.DataFrame, cols=None) -> pd.DataFrame:
     "Print `df` (the columns `cols`, if given) under `title`."
@@ -549,7 +544,7 @@ def write_results(res: dict, tables: dict, out: Path):
           f"- device: {m['device']} ({m['device_type']}, {m['cpu_count']} CPU cores), torch {m['torch']}, {m['torch_threads']} threads",
           f"- preset {res['preset']}, precision {res['precision']}; {res['statistic']} of {res['reps']} rounds", f"- {res['weights']}",
           f"- configuration: `{json.dumps({k: res['config'][k] for k in ('nf', 'gc', 'n_rrdb', 'd_nf', 'patch', 'batch_size', 'vgg_n', 'vgg_resize', 'mixed_precision')})}`"]
-    for title, df in tables.items(): md += ['', f'## {title}', '', markdown_table(df)]
+    for title, df in tables.items(): md += ['', f'## {title}', '', markdown_table(df, 3)]
     md += ['', f"**{res.get('headline', 'unfinished: the run stopped before its last section')}**", '']
     (out/'bench.md').write_text('\n'.join(md))
 

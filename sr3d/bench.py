@@ -18,7 +18,8 @@ from .data import PatchPairs, SCALE, demo_data, parse_patch, prepare_folder, rea
 from .model import Discriminator, Generator, count_params
 from .losses import PLANES, Perceptual25D, check_slices, d_loss, generator_loss
 from .train import PRESETS, TrainConfig, epoch_batches, resolve_precision, train_step
-from .infer import PeakMemory, agreement_psnr, timed_super_resolve
+from .infer import PeakMemory, timed_super_resolve
+from .metrics import psnr
 from .study import markdown_table
 
 # %% auto #0
@@ -370,7 +371,7 @@ def inference_costs(device='cpu',  # where to run
                 params=count_params(g))
     return [dict(base, mode='whole', seconds=t_whole, peak_mb=mb_whole),
             dict(base, mode=f'tiles {tile}, overlap {overlap}', seconds=t_tiled, peak_mb=mb_tiled,
-                 agreement_psnr_db=agreement_psnr(tiled, whole), max_abs_diff=float(np.abs(tiled - whole).max()),
+                 agreement_psnr_db=psnr(tiled, whole), max_abs_diff=float(np.abs(tiled - whole).max()),
                  output_range=float(whole.max() - whole.min()))]
 
 # %% ../nbs/bench.ipynb #1dca4f4b

@@ -14,8 +14,8 @@ from .data import SCALE, DataError, load_volume, save_volume
 from .model import Generator, load_generator
 
 # %% auto #0
-__all__ = ['NIFTI', 'check_lr', 'parse_tile', 'tile_starts', 'ramp', 'super_resolve', 'agreement_psnr', 'PeakMemory',
-           'timed_super_resolve', 'sr_affine', 'infer_file', 'infer_cli']
+__all__ = ['NIFTI', 'check_lr', 'parse_tile', 'tile_starts', 'ramp', 'super_resolve', 'PeakMemory', 'timed_super_resolve',
+           'sr_affine', 'infer_file', 'infer_cli']
 
 # %% ../nbs/infer.ipynb #48001ef2
 def check_lr(lr, name: str = 'input') -> np.ndarray:
@@ -86,12 +86,6 @@ def _tiled(run, lr, s, t, overlap):
         w = np.einsum('i,j,k->ijk', *[weights[ax][i] for ax, i in enumerate(idx)])
         out[tuple(slice(s * b, s * (b + a)) for b, a in zip(c, t))] += (w * y).astype(np.float32)
     return out / np.einsum('i,j,k->ijk', *total).astype(np.float32)
-
-# %% ../nbs/infer.ipynb #42605164
-def agreement_psnr(a: np.ndarray, b: np.ndarray) -> float:
-    "PSNR in dB (peak 1) between two outputs of the same volume; `inf` when identical."
-    e = float(np.mean((a.astype(np.float64) - b) ** 2))
-    return float('inf') if e == 0 else 10 * np.log10(1 / e)
 
 # %% ../nbs/infer.ipynb #c7911838
 def _status_kb(key: str) -> int:

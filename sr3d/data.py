@@ -19,7 +19,8 @@ import sr3d
 __all__ = ['SCALE', 'FORMAT', 'LIST_COLUMNS', 'DEMO_SHAPE', 'DEMO_CENTRE', 'MSD_MODALITIES', 'DataError', 'project_root',
            'resolve', 'load_volume', 'save_volume', 'pool', 'lr_affine', 'fit_to_multiple', 'normalise', 'Source',
            'write_dataset', 'Case', 'read_list', 'demo_affine', 'demo_subject', 'prepare_demo', 'demo_data',
-           'show_pair', 'prepare_msd', 'fake_msd', 'prepare_folder', 'parse_patch', 'PatchPairs', 'prepare_cli']
+           'hr_over_lr', 'show_pair', 'prepare_msd', 'fake_msd', 'prepare_folder', 'parse_patch', 'PatchPairs',
+           'prepare_cli']
 
 # %% ../nbs/data.ipynb #e5c7210a
 SCALE = 4  # the thesis's x4 super-resolution, on every axis
@@ -341,6 +342,12 @@ def demo_data(out='data/demo',  # where the shared demo data set lives (relative
     with open(out.parent/f'.{out.name}.lock', 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return prepare_demo(out)
+
+# %% ../nbs/data.ipynb #00f05045
+def hr_over_lr(cases: list,  # `Case`s of a prepared data set
+              ) -> float:
+    "The median over `cases` of max(HR)/max(LR), read from their normalised LR (whose maximum is max(LR)/max(HR))."
+    return float(np.median([1 / float(np.max(c.arrays()[0])) for c in cases]))
 
 # %% ../nbs/data.ipynb #23e81103
 def show_pair(lr: np.ndarray,  # LR volume

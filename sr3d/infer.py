@@ -15,7 +15,7 @@ from .model import Generator, load_generator
 
 # %% auto #0
 __all__ = ['NIFTI', 'check_lr', 'parse_tile', 'tile_starts', 'ramp', 'super_resolve', 'PeakMemory', 'timed_super_resolve',
-           'sr_affine', 'infer_file', 'infer_cli']
+           'sr_affine', 'input_scale', 'infer_file', 'infer_cli']
 
 # %% ../nbs/infer.ipynb #48001ef2
 def check_lr(lr, name: str = 'input') -> np.ndarray:
@@ -135,7 +135,7 @@ def sr_affine(lr_aff: np.ndarray,  # 4x4 affine of the LR volume
     m = np.diag([1 / s, 1 / s, 1 / s, 1.0]); m[:3, 3] = -(s - 1) / (2 * s)
     return lr_aff @ m
 
-# %% ../nbs/infer.ipynb #6c8cb211
+# %% ../nbs/infer.ipynb #03fa0fde
 NIFTI = ('.nii.gz', '.nii')
 
 def _atomic_volume(arr, affine, dst: Path):
@@ -145,24 +145,34 @@ def _atomic_volume(arr, affine, dst: Path):
     finally:
         if tmp.exists(): tmp.unlink()
 
-def infer_file(g: Generator,  # the generator, on the device to run on
+def input_scale(g: Generator,  # a generator from `load_generator` (its `intensity` record says how it was trained)
+                lr: np.ndarray,  # the LR volume, in any units
+                name: str = 'input',  # what to name in an error
+               ) -> float:
+    "The number `lr` is divided by before G, and G's output multiplied by after: `hr_over_lr · max(LR)`."
+    rec = getattr(g, 'intensity', None)
+    if rec is None: raise DataError(f"{name}: the generator has no intensity record (load it with load_generator)")
+    m = float(lr.max())
+    if not m > 0: raise DataError(f"{name}: maximum is {m}; the input cannot be normalised by a positive maximum")
+    return rec['hr_over_lr'] * m
+
+def infer_file(g: Generator,  # the generator, on the device to run on, from `load_generator`
                src,  # LR NIfTI file
                dst,  # SR NIfTI file to write (.nii or .nii.gz)
                tile=None,  # LR tile size; None runs the whole volume
                overlap: int = 8,  # LR voxels shared by neighbouring tiles
-               rescale: bool = False,  # multiply the output by the input's maximum (input units)
+               normalised: bool = False,  # write the network's normalised output instead of the input's units
               ) -> Path:
-    "Super-resolve the NIfTI volume `src` into `dst` with the SR geometry; return `dst`."
+    "Super-resolve the NIfTI volume `src` into `dst`, in `src`'s units and with the SR geometry; return `dst`."
     src, dst = Path(src), Path(dst)
     if not dst.name.endswith(NIFTI): raise DataError(f"{dst}: output must end in .nii or .nii.gz")
     lr, A = load_volume(src)
-    m = float(lr.max())
-    if not m > 0: raise DataError(f"{src}: maximum is {m}; the thesis's normalisation divides by a positive maximum")
+    m = input_scale(g, lr, str(src))
     sr = super_resolve(g, lr / m, tile, overlap)
-    _atomic_volume(sr * m if rescale else sr, sr_affine(A, g.config['scale']), dst)
+    _atomic_volume(sr if normalised else sr * m, sr_affine(A, g.config['scale']), dst)
     return dst
 
-# %% ../nbs/infer.ipynb #12519304
+# %% ../nbs/infer.ipynb #f271cbfb
 def infer_cli(argv=None):
     "Command line: super-resolve a NIfTI volume, or every volume of a folder, with an sr3d generator."
     ap = argparse.ArgumentParser(prog='sr3d_infer', description='x4 super-resolution of 3D NIfTI volumes with an sr3d generator.')
@@ -171,7 +181,7 @@ def infer_cli(argv=None):
     ap.add_argument('output', help='SR file to write, or a folder (with a folder input)')
     ap.add_argument('--tile', default=None, help="LR tile size ('32' or '32,32,20'); default: the whole volume at once")
     ap.add_argument('--overlap', type=int, default=8, help='LR voxels shared by neighbouring tiles (at least)')
-    ap.add_argument('--rescale', action='store_true', help="multiply the output by the input's maximum (input intensity units)")
+    ap.add_argument('--normalised', action='store_true', help="write the network's normalised output (default: the input's intensity units)")
     ap.add_argument('--device', default=None, help="'cpu', 'cuda', ...; default: cuda when available")
     a = ap.parse_args(argv)
     src, dst = Path(a.input), Path(a.output)
@@ -188,6 +198,6 @@ def infer_cli(argv=None):
         g = load_generator(a.checkpoint).to(a.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
         dst.mkdir(parents=True, exist_ok=True) if src.is_dir() else dst.parent.mkdir(parents=True, exist_ok=True)
         for f, o in tqdm(pairs, desc='sr3d_infer', disable=len(pairs) == 1):
-            infer_file(g, f, o, a.tile, a.overlap, a.rescale)
+            infer_file(g, f, o, a.tile, a.overlap, a.normalised)
     except (DataError, FileNotFoundError, ValueError) as e: sys.exit(f'sr3d_infer: {e}')
     print(f'wrote {len(pairs)} volume(s) to {dst}')  # returns None: a console script's return value is its exit status

@@ -85,7 +85,7 @@ def neighbour_stack(v: torch.Tensor,  # (B, 1, X, Y, Z)
     s = v[:, 0].index_select(dim - 1, nb).movedim(dim - 1, 1)  # (B, 3n, h, w)
     return s.reshape(v.shape[0] * len(idx), 3, *s.shape[2:])
 
-# %% ../nbs/losses.ipynb #9ac70413
+# %% ../nbs/losses.ipynb #3675a2b2
 class Perceptual25D(nn.Module):
     "2.5D VGG perceptual loss over `n` slices per plane (or `'full'`), SR and HR at the same indices."
     def __init__(self, n=10,  # slices per plane: an int >= 1, or 'full' for every slice
@@ -141,7 +141,7 @@ class Perceptual25D(nn.Module):
             f_sr = self.vgg(a)
             with torch.no_grad(): f_hr = self.vgg(b)
             for (p, _, _), fs, fh in zip(items, f_sr.split(counts), f_hr.split(counts)):
-                losses[p] = F.mse_loss(fs.float(), fh.float())
+                losses[p] = F.mse_loss(fs.float(), fh.float())  # the mean: eq. (3.13) writes a squared norm (see above)
         return torch.stack(losses).mean()
 
     def chunked_errors(self, a: torch.Tensor,  # SR images (with autograd)

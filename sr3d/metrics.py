@@ -12,12 +12,12 @@ from skimage.metrics import structural_similarity
 from .weights import WeightsError, find_weights, load_features
 
 # %% auto #0
-__all__ = ['METRICS_VERSION', 'NAMES', 'LPIPS_MIN_SIDE', 'PLANE_AXES', 'prepare_pair', 'mse', 'psnr', 'ssim', 'hfen',
-           'alex_lpips', 'lpips_model', 'lpips_slices', 'lpips_volume', 'volume_metrics', 'bootstrap_ci', 'summarise',
-           'paired_wilcoxon']
+__all__ = ['METRICS_VERSION', 'NAMES', 'SCALE_RATIO', 'LPIPS_MIN_SIDE', 'PLANE_AXES', 'prepare_pair', 'mse', 'psnr', 'ssim',
+           'same_scale', 'hfen', 'alex_lpips', 'lpips_model', 'lpips_slices', 'lpips_volume', 'volume_metrics',
+           'bootstrap_ci', 'summarise', 'paired_wilcoxon']
 
-# %% ../nbs/metrics.ipynb #b1d236f1
-METRICS_VERSION = 1  # bump when any metric's definition changes: cached baseline results are keyed on it
+# %% ../nbs/metrics.ipynb #2975dd0a
+METRICS_VERSION = 2  # bump when any metric's definition changes: cached baseline results are keyed on it
 NAMES = ('mse', 'psnr', 'ssim', 'lpips', 'hfen')  # per-volume metrics, in table order
 
 def prepare_pair(sr: np.ndarray,  # super-resolved volume, normalised units
@@ -45,6 +45,22 @@ def psnr(sr: np.ndarray, hr: np.ndarray) -> float:
 def ssim(sr: np.ndarray, hr: np.ndarray) -> float:
     "scikit-image's 3D SSIM with `data_range = max(HR') − min(HR')`, as the thesis (of prepared arrays)."
     return float(structural_similarity(hr, sr, data_range=float(hr.max() - hr.min())))
+
+# %% ../nbs/metrics.ipynb #7c7b7553
+SCALE_RATIO = (0.25, 4.0)  # max(SR)/max(HR) outside this range: SR and HR are taken to be in different units
+
+def same_scale(sr: np.ndarray,  # SR volume in the same intensity units as `hr`
+               hr: np.ndarray,  # reference volume
+               name: str = 'volume',  # what to name in an error (the SR file)
+              ) -> np.ndarray:
+    "`SR / max(HR)`, after checking that `max(SR)/max(HR)` lies in `SCALE_RATIO`."
+    m, top = float(np.max(hr)), float(np.max(sr))
+    if not m > 0: raise ValueError(f"{name}: HR maximum is {m}; HR' = HR / max(HR) is undefined")
+    lo, hi = SCALE_RATIO
+    if not lo <= top / m <= hi:
+        raise ValueError(f"{name}: max(SR) = {top:.4g} but max(HR) = {m:.4g} (ratio {top / m:.3g}, outside [{lo}, {hi}]): "
+                         "SR and HR must be in the same intensity units (sr3d_infer writes the input's units unless --normalised)")
+    return np.asarray(sr, np.float64) / m
 
 # %% ../nbs/metrics.ipynb #363dcfb9
 def hfen(sr: np.ndarray,  # prepared SR'

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['voxel_shuffle', 'voxel_unshuffle', 'conv3', 'esrgan_init', 'DenseBlock', 'RRDB', 'Generator', 'count_params',
-           'generator_params', 'generator_record', 'atomic_save', 'save_generator', 'load_generator', 'Discriminator']
+           'generator_params', 'intensity_record', 'generator_record', 'atomic_save', 'save_generator',
+           'load_generator', 'Discriminator']
 
 # %% ../nbs/model.ipynb #448a96d7
 def voxel_shuffle(x: torch.Tensor,  # (B, C·r³, D, H, W)
@@ -101,10 +102,18 @@ def generator_params(nf: int = 64, gc: int = 32, n_rrdb: int = 10, scale: int = 
     dense = sum(conv(nf + i * gc, gc) for i in range(4)) + conv(nf + 4 * gc, nf)
     return conv(1, nf) + n_rrdb * 3 * dense + conv(nf, nf) + (scale.bit_length() - 1) * conv(nf, 8 * nf) + conv(nf, 1)
 
-# %% ../nbs/model.ipynb #ccf60482
-def generator_record(g: Generator) -> dict:
-    "The portable record of a generator: architecture and weights (on the CPU)."
-    return {'sr3d': 'generator', 'config': dict(g.config), 'state_dict': {k: v.detach().cpu() for k, v in g.state_dict().items()}}
+# %% ../nbs/model.ipynb #a00d28e6
+def intensity_record(hr_over_lr: float,  # max(HR) / max(LR) of the training data (median over cases)
+                    ) -> dict:
+    "How a generator's inputs were scaled in training, and how inference reproduces that without an HR volume."
+    if not hr_over_lr > 0: raise ValueError(f"hr_over_lr must be > 0, got {hr_over_lr}")
+    return dict(train='LR and HR divided by max(HR) of each case (thesis eq. 3.3)',
+                infer='LR divided by hr_over_lr * max(LR)', hr_over_lr=float(hr_over_lr))
+
+def generator_record(g: Generator, intensity: dict) -> dict:
+    "The portable record of a generator: architecture, weights (on the CPU) and its `intensity_record`."
+    return {'sr3d': 'generator', 'config': dict(g.config), 'intensity': intensity,
+            'state_dict': {k: v.detach().cpu() for k, v in g.state_dict().items()}}
 
 def atomic_save(obj, path):
     "`torch.save` to a temporary file beside `path`, then rename it into place."
@@ -114,14 +123,14 @@ def atomic_save(obj, path):
     finally:
         if tmp.exists(): tmp.unlink()
 
-def save_generator(g: Generator, path, **meta):
-    "Write `g` (architecture, weights and any `meta`) to `path` atomically."
-    atomic_save({**generator_record(g), 'meta': meta}, path)
+def save_generator(g: Generator, path, intensity: dict, **meta):
+    "Write `g` (architecture, weights, `intensity` and any `meta`) to `path` atomically."
+    atomic_save({**generator_record(g, intensity), 'meta': meta}, path)
 
 def load_generator(path,  # a generator file or a training checkpoint
                    map_location='cpu',  # where to put the weights
                   ) -> Generator:
-    "The generator stored in `path`, rebuilt from its recorded architecture."
+    "The generator stored in `path`, rebuilt from its recorded architecture; `g.intensity` is its `intensity_record`."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: checkpoint not found")
     try: ck = torch.load(path, map_location=map_location, weights_only=True)
@@ -129,12 +138,16 @@ def load_generator(path,  # a generator file or a training checkpoint
     rec = ck.get('generator', ck) if isinstance(ck, dict) else None
     if not isinstance(rec, dict) or rec.get('sr3d') != 'generator':
         raise ValueError(f"{path}: not an sr3d generator checkpoint (no generator record)")
+    if 'intensity' not in rec:
+        raise ValueError(f"{path}: the generator does not record how its training data were normalised "
+                         "(saved by sr3d before 0.2); retrain it or re-save it with save_generator(..., intensity=...)")
     g = Generator(**rec['config'])
     try: g.load_state_dict(rec['state_dict'])
     except RuntimeError as e: raise ValueError(f"{path}: weights do not fit the recorded architecture {rec['config']}: {e}") from e
+    g.intensity = rec['intensity']
     return g
 
-# %% ../nbs/model.ipynb #04979a8e
+# %% ../nbs/model.ipynb #08d07053
 class Discriminator(nn.Module):
     "Label-conditioned 3D CNN: one real/fake logit per volume."
     def __init__(self, n_classes: int = 10,  # classes of the label maps
@@ -155,6 +168,6 @@ class Discriminator(nn.Module):
         # one-hot by comparison: no host sync (F.one_hot checks the range on the host); labels are checked where data is read
         onehot = (label.view(-1, 1) == torch.arange(self.n_classes, device=label.device)).to(x.dtype)
         maps = onehot[:, :, None, None, None].expand(-1, -1, *x.shape[2:])
-        h = self.features(torch.cat([x, maps], 1)).mean((2, 3, 4), keepdim=True)
-        with torch.autocast('cuda' if h.is_cuda else 'cpu', enabled=False):
-            return self.head(h.float()).flatten()
+        h = self.features(torch.cat([x, maps], 1))
+        with torch.autocast('cuda' if h.is_cuda else 'cpu', enabled=False):  # pooling and the last layer in float32 (thesis §3.3.2)
+            return self.head(h.float().mean((2, 3, 4), keepdim=True)).flatten()

@@ -1,4 +1,4 @@
-"The installed command lines `sr3d_infer` and `sr3d_eval`, end to end in fresh processes, on tiny volumes."
+"The installed command lines `sr3d_infer` and `sr3d_eval`, end to end in fresh processes: the README's workflow gives the in-package numbers."
 import json, shutil, subprocess, sys
 from pathlib import Path
 import nibabel as nib
@@ -6,9 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sr3d.data import lr_affine, pool, save_volume
+from sr3d.data import load_volume, lr_affine, pool, read_list, save_volume
+from sr3d.evaluate import evaluate_generator
 from sr3d.infer import sr_affine
-from sr3d.model import Generator, save_generator
+from sr3d.model import Generator, intensity_record, load_generator, save_generator
+
+ROOT = Path(__file__).resolve().parents[1]
+README_GENERATOR = ROOT/'outputs/demo/runs/vgg3-native-rrdb2-p8x8x6/generator.pt'  # the generator the README's sr3d_infer line names
 
 
 def command(name: str) -> list[str]:
@@ -27,7 +31,7 @@ def run(name, *args):
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp('cli')
     torch.manual_seed(0)
-    save_generator(Generator(nf=8, gc=4, n_rrdb=1, interp_residual=True), d/'g.pt')
+    save_generator(Generator(nf=8, gc=4, n_rrdb=1, interp_residual=True), d/'g.pt', intensity_record(1.05))
     rng = np.random.default_rng(0)
     A = np.array([[0, -1.5, 0, 40], [1.2, 0, 0, -20], [0, 0, 3.0, 7], [0, 0, 0, 1]])  # anisotropic, axes swapped
     (d/'lr').mkdir(); (d/'hr').mkdir()
@@ -39,13 +43,17 @@ def files(tmp_path_factory):
 
 
 def test_infer_file_geometry_and_values(files):
-    r = run('sr3d_infer', files/'g.pt', files/'lr'/'case0_lr.nii.gz', files/'one.nii.gz', '--rescale')
+    r = run('sr3d_infer', files/'g.pt', files/'lr'/'case0_lr.nii.gz', files/'one.nii.gz')
     assert r.returncode == 0, r.stderr
     img, src = nib.load(files/'one.nii.gz'), nib.load(files/'lr'/'case0_lr.nii.gz')
     assert img.shape == (32, 32, 32)
     np.testing.assert_allclose(img.affine, sr_affine(src.affine), atol=1e-5)
     np.testing.assert_allclose(img.affine, nib.load(files/'hr'/'case0_hr.nii.gz').affine, atol=1e-4)  # SR lands on the HR grid
-    assert np.asarray(img.dataobj).max() > 50  # --rescale: the input's intensity units
+    lr_max = np.asarray(src.dataobj).max()
+    assert 0.8 * lr_max < np.asarray(img.dataobj).max() < 1.5 * lr_max  # the input's intensity units
+    r = run('sr3d_infer', files/'g.pt', files/'lr'/'case0_lr.nii.gz', files/'norm.nii.gz', '--normalised')
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.asarray(nib.load(files/'norm.nii.gz').dataobj) * 1.05 * lr_max, np.asarray(img.dataobj), rtol=1e-3, atol=1e-3)
 
 
 def test_infer_folder_and_eval(files):
@@ -71,3 +79,29 @@ def test_errors(files):
     r = run('sr3d_eval', files/'lr', files/'hr2', '--out', files/'x.csv')
     assert r.returncode != 0 and "SR case(s) without HR ['case1']" in r.stderr
     assert not (files/'x.csv').exists()
+
+
+def test_readme_workflow_gives_the_in_package_numbers(tmp_path, small_data):
+    "sr3d_infer then sr3d_eval on demo test volumes in MRI-like units: per case within 0.05 dB of evaluate_generator."
+    cases = read_list(small_data, 'test')
+    (tmp_path/'lr').mkdir(); (tmp_path/'hr').mkdir()
+    for c in cases:  # scanner-like units: max(HR) = 800
+        lr, a_lr = load_volume(c.lr_path); hr, a_hr = load_volume(c.hr_path); k = 800 / hr.max()
+        save_volume(k * lr, a_lr, tmp_path/'lr'/c.lr_path.name); save_volume(k * hr, a_hr, tmp_path/'hr'/c.hr_path.name)
+    assert run('sr3d_infer', README_GENERATOR, tmp_path/'lr', tmp_path/'sr').returncode == 0
+    sr = load_volume(tmp_path/'sr'/cases[0].lr_path.name)[0]
+    assert 0.8 * 800 / 1.3 < sr.max() < 1.3 * 800  # SR in the input's units, not divided by max(LR)
+    r = run('sr3d_eval', tmp_path/'sr', tmp_path/'hr', '--out', tmp_path/'m.csv', '--lpips-weights', 'none')
+    assert r.returncode == 0, r.stderr
+    cli = pd.read_csv(tmp_path/'m.csv').set_index('case_id').psnr
+    evaluate_generator(load_generator(README_GENERATOR), small_data, tmp_path/'pkg', baselines=False, lpips_weights=None, progress=False)
+    pkg = pd.read_csv(tmp_path/'pkg'/'per_case.csv').set_index('case_id').psnr
+    assert (cli - pkg.loc[cli.index]).abs().max() < 0.05, (cli, pkg)
+
+
+def test_eval_refuses_scales_that_differ(files):
+    r = run('sr3d_infer', files/'g.pt', files/'lr', files/'sr_norm', '--normalised')
+    assert r.returncode == 0, r.stderr
+    r = run('sr3d_eval', files/'sr_norm', files/'hr', '--out', files/'bad.csv')
+    assert r.returncode != 0 and 'case0_lr.nii.gz: max(SR)' in r.stderr and 'same intensity units' in r.stderr
+    assert not (files/'bad.csv').exists()

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 import sr3d.metrics
-from sr3d.data import Source, demo_affine, write_dataset
+from sr3d.prepare import Source, demo_affine, write_dataset
 from sr3d.evaluate import evaluate_generator
 from sr3d.metrics import alex_lpips, lpips_model, lpips_volume, prepare_pair
 from sr3d.model import Generator

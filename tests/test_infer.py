@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sr3d.data import load_volume, lr_affine, pool, read_list, save_volume
+from sr3d.data import load_volume, lr_affine, pool, save_volume
+from sr3d.prepare import read_list
 from sr3d.evaluate import evaluate_generator
 from sr3d.infer import sr_affine
 from sr3d.model import Generator, intensity_record, load_generator, save_generator

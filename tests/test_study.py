@@ -2,7 +2,7 @@
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import yaml
-from sr3d.study import Grid, run_study, write_tables
+from sr3d.study import Grid, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(nf=8, gc=4, d_nf=4, patches_per_volume=1, batch_size=4, epochs=1, mixed_precision='no')
@@ -22,8 +22,8 @@ def test_study_runs_records_failure_and_resumes(tmp_path, small_data):
     for n in ('vgg0-native-rrdb1-p4x4x3', 'vgg2-native-rrdb1-p4x4x3'):
         assert (out/'runs'/f'{n}.ipynb').exists() and (out/'runs'/n/'metrics.json').exists()
     tables = (out/'tables.md').read_text()
-    assert '## VGG' in tables and 'tricubic interpolation' in tables and (out/'vgg.csv').exists()
-    assert (out/'summary.ipynb').exists() and (out/'figures'/'figure_41.png').exists() and (out/'figures'/'cost_quality.png').exists()
+    assert '## VGG' in tables and 'tricubic convolution' in tables and (out/'vgg.csv').exists()
+    assert (out/'summary.ipynb').exists() and (out/'figures'/'figure_41.png').exists() and (out/'figures'/'lever_effects.png').exists()
 
     # again: finished runs are skipped (their notebooks untouched), a changed configuration is not taken for finished
     nb = out/'runs'/'vgg0-native-rrdb1-p4x4x3.ipynb'; before = nb.stat().st_mtime_ns

@@ -4,7 +4,8 @@ from pathlib import Path
 import numpy as np, pytest, torch
 import papermill as pm
 import sr3d.train as T
-from sr3d.data import prepare_folder, save_volume
+from sr3d.data import save_volume
+from sr3d.prepare import prepare_folder
 from sr3d.model import Discriminator, Generator, load_generator
 from sr3d.losses import Perceptual25D
 
@@ -17,7 +18,7 @@ def run_py(code: str, *args, **popen):
     "Run `code` in a fresh Python process (each process trains as a user's would)."
     return subprocess.Popen([sys.executable, '-c', code, *args], cwd=ROOT, **popen)
 
-LAUNCH = "import json, sys; from sr3d.train import make_config, launch; launch(make_config(**json.loads(sys.argv[1])))"
+LAUNCH = "import json, sys; from sr3d.train import make_config, launch; launch(make_config('demo', **json.loads(sys.argv[1])))"
 
 @pytest.mark.parametrize('vgg_n', [20, 'full'])
 def test_papermill_records_vgg_n(tmp_path, vgg_n, small_data):
@@ -36,29 +37,24 @@ def test_papermill_invalid_parameter_stops_before_training(tmp_path, small_data)
                             parameters=dict(patch='99,99,99', run_dir=str(tmp_path/'run'), data=small_data))
     assert not (tmp_path/'run').exists()
 
-def test_two_processes_synchronise_gradients(tmp_path, small_data):
+def _ddp_step(out: str):
+    "Run in each of two processes by Accelerate's debug launcher: one training step on different data per process."
+    from accelerate import Accelerator
+    acc = Accelerator(cpu=True)
+    m = T.build(T.make_config('demo', check_data=False, **dict(TINY, vgg_n=0)))
+    m.G, m.D, m.opt_g, m.opt_d = acc.prepare(m.G, m.D, m.opt_g, m.opt_d)
+    g = torch.Generator().manual_seed(acc.process_index)  # different data in each process
+    batch = (torch.rand(2, 1, 4, 4, 3, generator=g), torch.rand(2, 1, 16, 16, 12, generator=g), torch.zeros(2, dtype=torch.long))
+    T.train_step(m, batch, T.make_config('demo', check_data=False, **TINY), acc)
+    def flat(net, grad): return torch.cat([(p.grad if grad else p.detach()).flatten() for p in acc.unwrap_model(net).parameters()])[None]
+    res = {f'{n}_{k}': bool(torch.equal(*acc.gather(flat(net, k == 'grad')))) for n, net in (('G', m.G), ('D', m.D)) for k in ('grad', 'weight')}
+    if acc.is_main_process: Path(out).write_text(json.dumps(dict(res, world=acc.num_processes)))
+
+def test_two_processes_synchronise_gradients(tmp_path):
     "Two gloo processes that see different data end a step with the same gradients and weights."
-    script = tmp_path/'ddp_step.py'
-    script.write_text(f'''
-import json, torch
-from accelerate import Accelerator
-from sr3d.train import make_config, train_step
-from sr3d.model import Generator, Discriminator
-c = make_config('demo', **{dict(TINY, vgg_n=0, data=small_data)!r})
-acc = Accelerator(cpu=True)
-torch.manual_seed(0); G, D = Generator(8, 4, 1, interp_residual=True), Discriminator(10, 4)
-og, od = torch.optim.Adam(G.parameters(), 1e-3), torch.optim.Adam(D.parameters(), 1e-3)
-G, D, og, od = acc.prepare(G, D, og, od)
-g = torch.Generator().manual_seed(acc.process_index)  # different data in each process
-batch = (torch.rand(2, 1, 4, 4, 3, generator=g), torch.rand(2, 1, 16, 16, 12, generator=g), torch.zeros(2, dtype=torch.long))
-train_step(G, D, None, og, od, batch, c, acc)
-flat = lambda m, grad: torch.cat([(p.grad if grad else p.detach()).flatten() for p in acc.unwrap_model(m).parameters()])[None]
-res = {{f'{{n}}_{{k}}': bool(torch.equal(*acc.gather(flat(m, k == 'grad')))) for n, m in (('G', G), ('D', D)) for k in ('grad', 'weight')}}
-res['world'] = acc.num_processes
-if acc.is_main_process: open({str(tmp_path/'res.json')!r}, 'w').write(json.dumps(res))
-''')
-    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(script)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # Accelerate's debug launcher forks; a process that has already run torch's thread pools can hang when forked,
+    # so it runs from this file in a fresh interpreter (see the end of the file)
+    p = subprocess.run([sys.executable, __file__, str(tmp_path/'res.json')], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert json.loads((tmp_path/'res.json').read_text()) == dict(G_grad=True, G_weight=True, D_grad=True, D_weight=True, world=2)
 
@@ -113,7 +109,7 @@ def test_paper_preset_builds(tmp_path):
     "The thesis's configuration validates against MSD-sized data and its models run a batch (shapes on the meta device)."
     src = tmp_path/'hr'; src.mkdir()
     for i in range(2): save_volume(np.random.default_rng(i).random((120, 120, 80), dtype=np.float32) + 0.1, np.eye(4), src/f's{i}.nii.gz')
-    lf = prepare_folder(src, tmp_path/'prep', test_fraction=0.5)
+    lf = prepare_folder(src, out=tmp_path/'prep', test_fraction=0.5)
     c = T.make_config('paper', data=str(lf), patches_per_volume=16)
     assert (c.nf, c.gc, c.n_rrdb, c.patch, c.batch_size, c.vgg_n, c.vgg_resize, c.mixed_precision) == (64, 32, 10, '30,30,20', 16, 10, 224, 'bf16')
     with torch.device('meta'):
@@ -124,3 +120,7 @@ def test_paper_preset_builds(tmp_path):
     p = Perceptual25D(c.vgg_n, c.vgg_resize, weights='random').to('meta')
     assert p(sr, sr).shape == ()
     assert sum(x.numel() for x in G.parameters()) == 23_455_873
+
+if __name__ == '__main__':  # what test_two_processes_synchronise_gradients runs
+    from accelerate import debug_launcher
+    debug_launcher(_ddp_step, args=(sys.argv[1],), num_processes=2)

@@ -121,7 +121,7 @@ def show_pair(lr: np.ndarray,  # LR volume
     fig.tight_layout()
     return fig
 
-# %% ../nbs/data.ipynb #bb9dc572
+# %% ../nbs/data.ipynb #1e99bae2
 class PatchPairs(torch.utils.data.Dataset):
     "LR/HR patch pairs at the same position, `per_volume` from each case, `fixed` or redrawn per epoch."
     def __init__(self, cases: list,  # `Case`s to cut patches from
@@ -147,14 +147,18 @@ class PatchPairs(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int): self.epoch = epoch
     def __len__(self): return len(self.cases) * self.per_volume
 
-    def corner(self, i: int) -> np.ndarray:
-        "The LR corner of sample `i` in the current epoch."
+    def corner(self, i: int, epoch: int | None = None) -> np.ndarray:
+        "The LR corner of sample `i` in `epoch` (default: the one set last)."
         v, k = divmod(i, self.per_volume)
         if self.mode == 'fixed': return self.fixed[v][k]
-        return self._draw(np.random.default_rng([self.seed, self.epoch, i]), self.shapes[v], 1)[0]
+        epoch = self.epoch if epoch is None else epoch
+        return self._draw(np.random.default_rng([self.seed, epoch, i]), self.shapes[v], 1)[0]
 
-    def __getitem__(self, i):
-        v, c = i // self.per_volume, self.corner(i)
+    def __getitem__(self, key):
+        "Sample `key`: an index into the epoch set last, or `(epoch, index)` (what training's batch sampler gives)."
+        epoch, i = key if isinstance(key, tuple) else (None, key)
+        v, c = i // self.per_volume, self.corner(i, epoch)
+
         lr, hr = self.cases[v].arrays()
 
         lo = tuple(slice(a, a + p) for a, p in zip(c, self.patch))

@@ -19,7 +19,7 @@ from .metrics import psnr
 __all__ = ['infer_cli', 'check_lr', 'tile_starts', 'ramp', 'super_resolve', 'timed_super_resolve', 'inference_costs', 'sr_affine',
            'input_scale', 'infer_file', 'sr3d_infer']
 
-# %% ../nbs/infer.ipynb #17f818b0
+# %% ../nbs/infer.ipynb #dd86b073
 def check_lr(lr, name: str = 'input') -> np.ndarray:
     "`lr` as a C-contiguous float32 3D array, checked: 3D and finite."
     a = np.asarray(lr)
@@ -31,7 +31,8 @@ def tile_starts(n: int,  # LR voxels along the axis
                 tile: int,  # tile length, <= n
                 overlap: int,  # LR voxels shared by neighbouring tiles
                ) -> list[int]:
-    "Start of every tile along one axis: the fewest tiles sharing at least `overlap`, spread evenly over [0, n − tile]."
+    "Start of every tile along one axis: the fewest tiles sharing at least `overlap`, spread evenly from 0 to n − tile."
+
 
     if tile >= n: return [0]
     k = int(np.ceil((n - overlap) / (tile - overlap)))

@@ -24,9 +24,10 @@ from .model import Discriminator, Generator, generator_record, intensity_record,
 from .losses import Perceptual25D, d_loss, generator_loss
 
 # %% auto #0
-__all__ = ['STEP_PARTS', 'cpu_name', 'provenance', 'open_run', 'load_config', 'epoch_batches', 'batch_readings', 'Models',
-           'build', 'NonFiniteLoss', 'train_step', 'rng_states', 'set_rng_states', 'save_checkpoint', 'load_checkpoint',
-           'resolve_precision', 'write_log', 'reset_accelerate', 'train', 'launch', 'main', 'plot_log']
+__all__ = ['STEP_PARTS', 'cpu_name', 'provenance', 'open_run', 'load_config', 'epoch_batches', 'EpochBatches', 'batch_readings',
+           'Models', 'build', 'NonFiniteLoss', 'train_step', 'rng_states', 'set_rng_states', 'save_checkpoint',
+           'load_checkpoint', 'resolve_precision', 'write_log', 'reset_accelerate', 'train', 'launch', 'main',
+           'plot_log']
 
 # %% ../nbs/train.ipynb #0c79b625
 def cpu_name() -> str:
@@ -82,6 +83,19 @@ def epoch_batches(n: int,  # samples per epoch
     order = np.random.default_rng([seed, epoch]).permutation(n)
     return [order[i:i + batch_size][rank::world].tolist() for i in range(0, n - batch_size + 1, batch_size)]
 
+# %% ../nbs/train.ipynb #43d1b611
+class EpochBatches(torch.utils.data.Sampler):
+    "A batch sampler: this process's batches (`epoch_batches`) of the epoch set last, each index as `(epoch, index)`."
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.seed, self.rank, self.world, self.epoch = n, batch_size, seed, rank, world, 0
+
+    def set_epoch(self, epoch: int): self.epoch = epoch
+    def __len__(self): return self.n // self.batch_size
+
+    def __iter__(self):
+        for b in epoch_batches(self.n, self.batch_size, self.epoch, self.seed, self.rank, self.world):
+            yield [(self.epoch, i) for i in b]
+
 # %% ../nbs/train.ipynb #8fe31116
 def batch_readings(patches: int = 484 * 8,  # training patches per epoch (the thesis: 484 volumes x 8)
                    batch: int = 16,  # the batch size as written
@@ -94,7 +108,7 @@ def batch_readings(patches: int = 484 * 8,  # training patches per epoch (the th
         dict(reading='per process (Accelerate, split_batches=False)', per_process=batch, global_batch=batch * processes,
              steps_per_epoch=patches // (batch * processes))])
 
-# %% ../nbs/train.ipynb #6345ecc5
+# %% ../nbs/train.ipynb #5a523ad4
 @dataclass
 class Models:
     "What a run trains: the two networks, the perceptual loss (or None), their optimisers and G's schedule."
@@ -110,14 +124,16 @@ def build(c: TrainConfig,  # the configuration
          ) -> Models:
     "G, D, the perceptual loss, both optimisers and G's scheduler for `c`, initialised from `c.seed`."
     torch.manual_seed(c.seed)  # the same initial weights in every process
-    G = Generator(c.nf, c.gc, c.n_rrdb, interp_residual=c.interp_residual)
+    G = Generator(c.nf, c.gc, c.n_rrdb, interp_residual=c.interp_residual, out_conv=c.out_conv)
+
     D = Discriminator(c.n_classes, c.d_nf)
     perceptual = None
     if c.vgg_n != 0:
         resize = None if c.vgg_resize == 'native' else c.vgg_resize
         perceptual = Perceptual25D(c.vgg_n, resize, weights=c.weights, chunk=c.vgg_chunk).to(device)
     opt_g = torch.optim.Adam(G.parameters(), c.lr, betas=(0.9, 0.99))
-    opt_d = torch.optim.Adam(D.parameters(), c.lr, betas=(0.9, 0.99))
+    opt_d = torch.optim.Adam(D.parameters(), c.d_lr or c.lr, betas=(0.9, 0.99))
+
     sched = torch.optim.lr_scheduler.StepLR(opt_g, c.lr_step, c.lr_gamma)
     return Models(G, D, perceptual, opt_g, opt_d, sched)
 
@@ -220,7 +236,7 @@ def reset_accelerate():
     "Forget Accelerate's process-wide state, so that the next `Accelerator` may use another precision or device."
     AcceleratorState._reset_state(reset_partial_state=True)  # private: Accelerate has no public reset
 
-# %% ../nbs/train.ipynb #3aad5ad2
+# %% ../nbs/train.ipynb #f3deb9a0
 def train(c: TrainConfig,  # a checked configuration whose run folder exists (see open_run)
          ) -> Path:
     "Train G and D as `c` says, in this process (one of however many were launched); return the run folder."
@@ -238,6 +254,10 @@ def _train(c: TrainConfig, acc: Accelerator) -> Path:
     cases = read_list(data_path(c.data), 'train')
     intensity = intensity_record(hr_over_lr(cases))
     ds = PatchPairs(cases, c.patch, c.patches_per_volume, c.patch_mode, c.seed)
+    sampler = EpochBatches(len(ds), c.batch_size, c.seed, acc.process_index, acc.num_processes)
+    workers = dict(persistent_workers=True, prefetch_factor=4) if c.num_workers else {}
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=c.num_workers,
+                                         pin_memory=acc.device.type == 'cuda', **workers)
     m = build(c, acc.device)
     m.G, m.D, m.opt_g, m.opt_d = acc.prepare(m.G, m.D, m.opt_g, m.opt_d)
     start, log = load_checkpoint(ckpt, m, acc) if ckpt.exists() else (0, [])
@@ -247,27 +267,28 @@ def _train(c: TrainConfig, acc: Accelerator) -> Path:
         if start: print(f"resuming {run_dir.name} after epoch {start}")
     bar = tqdm(total=c.epochs, initial=start, desc=run_dir.name[:40], disable=not acc.is_main_process, mininterval=10)
     for epoch in range(start, c.epochs):
-        ds.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         if m.perceptual is not None:
             draws = np.random.SeedSequence([c.seed, epoch, acc.process_index]).generate_state(1)[0]
             m.perceptual.gen.manual_seed(int(draws))
-        batches = epoch_batches(len(ds), c.batch_size, epoch, c.seed, acc.process_index, acc.num_processes)
-        loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=c.num_workers,
-                                             pin_memory=acc.device.type == 'cuda')
         m.G.train()
         m.D.train()
-        t0, sums = time.perf_counter(), {}
+        t0, sums, waited = time.perf_counter(), {}, 0.0
+        asked = t0
         for lr_p, hr_p, y in loader:
+            waited += time.perf_counter() - asked
             batch = (lr_p.to(acc.device, non_blocking=True), hr_p.to(acc.device, non_blocking=True), y.to(acc.device))
             try: stats = train_step(m, batch, c, acc)
             except NonFiniteLoss as e:
                 raise NonFiniteLoss(f"{run_dir.name}, epoch {epoch + 1}: {e}; training stopped, the last good "
                                     f"checkpoint is {ckpt if ckpt.exists() else 'none (no epoch finished)'}") from None
             for k, v in stats.items(): sums[k] = sums.get(k, 0.0) + v
+            asked = time.perf_counter()
         if acc.device.type == 'cuda': torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-        row = dict(epoch=epoch + 1, **{k: v / len(batches) for k, v in sums.items()}, lr_g=m.sched.get_last_lr()[0],
-                   lr_d=m.opt_d.param_groups[0]['lr'], seconds=seconds, steps=len(batches))
+        row = dict(epoch=epoch + 1, **{k: v / len(sampler) for k, v in sums.items()}, lr_g=m.sched.get_last_lr()[0],
+                   lr_d=m.opt_d.param_groups[0]['lr'], seconds=seconds, data_seconds=waited, steps=len(sampler))
+
         m.sched.step()
         log.append(row)
         if acc.is_main_process:

@@ -18,7 +18,7 @@ from .prepare import demo_data, read_list
 __all__ = ['PRESETS', 'FIELDS', 'RESULT_FIELDS', 'RANGES', 'THESIS_BASELINE', 'THESIS', 'TrainConfig', 'ConfigError',
            'check_value', 'data_path', 'check_against_data', 'config_hash', 'run_name', 'make_config', 'thesis_values']
 
-# %% ../nbs/config.ipynb #6ce3c492
+# %% ../nbs/config.ipynb #d0f62f67
 @dataclass
 class TrainConfig:
     "Everything that defines a training run; the defaults are the thesis's (the `paper` preset)."
@@ -56,9 +56,9 @@ class TrainConfig:
 
 PRESETS = {
     'paper': {},
-    'demo': dict(data='demo', nf=16, gc=8, n_rrdb=2, d_nf=8, interp_residual=True, patch='8,8,6',
-                 patches_per_volume=2, batch_size=2, epochs=8, lr=1e-3, lr_step=6, vgg_n=3, vgg_resize='native',
-                 mixed_precision='auto', weights='random', ckpt_every=1, num_workers=0),
+    'demo': dict(data='demo', nf=16, gc=8, n_rrdb=2, d_nf=16, interp_residual=True, patch='8,8,6', patches_per_volume=3,
+                 patch_mode='random', batch_size=2, epochs=6, lr=2e-3, d_lr=2e-4, lr_step=4, vgg_n=3, vgg_resize='native',
+                 mixed_precision='auto', ckpt_every=1, num_workers=0),
 }
 FIELDS = [f.name for f in fields(TrainConfig)]
 RESULT_FIELDS = [k for k in FIELDS if k not in ('run_dir', 'ckpt_every', 'num_workers', 'vgg_chunk')]  # change results

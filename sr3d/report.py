@@ -169,7 +169,7 @@ def lever_effects(study_dir,
             rows.append(row)
     return pd.DataFrame(rows)
 
-# %% ../nbs/report.ipynb #ed601f76
+# %% ../nbs/report.ipynb #0b8d9c25
 CLAIMS = [  # `a`, `b`: settings changed from the baseline ('least', 'most', 'smallest': the grid's extremes)
     dict(claim='no perceptual loss is the cheapest, and time per epoch grows with the VGG slices',
          kind='cost', lever='vgg_n', better='higher'),
@@ -195,7 +195,6 @@ CLAIMS = [  # `a`, `b`: settings changed from the baseline ('least', 'most', 'sm
          better='higher'),
     dict(claim='smaller patches are worse (LPIPS)', kind='quality', a={}, b=dict(patch='smallest'), metric='lpips',
          better='lower'),
-
 ]
 
 # %% ../nbs/report.ipynb #b9de4b69
@@ -248,7 +247,7 @@ def _quality_step(study_dir, a: str, b: str, metric: str, better: str) -> tuple[
     significance = f" (p = {t['p']:.2g})" if t['p'] < 0.05 else f" — not significant (p = {t['p']:.2g}, n = {t['n']})"
     return f"{x.mean():.4g} vs {y.mean():.4g}", ('yes' if holds else 'no, the opposite') + significance
 
-# %% ../nbs/report.ipynb #8c2fbf39
+# %% ../nbs/report.ipynb #85c0b1c5
 def _check_steps(study_dir, grid: Grid, runs: dict, claim: dict, fixed: dict) -> dict:
     "One lever claim, step by step along the lever, with `fixed` settings held."
     values = _lever_values(grid, claim['lever'])
@@ -281,6 +280,8 @@ def check_claim(study_dir, claim: dict) -> list[dict]:
     if 'lever' in claim: return [_check_steps(study_dir, grid, runs, claim, {})]
     a, b = _settings(grid, claim['a']), _settings(grid, claim['b'])
     thesis = f"{_thesis_side(grid, a, claim['metric'])} vs {_thesis_side(grid, b, claim['metric'])}"
+
+
     row = dict(claim=claim['claim'], thesis=thesis)
 
     if config_name(a) not in runs or config_name(b) not in runs:

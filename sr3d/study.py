@@ -21,7 +21,7 @@ __all__ = ['GRIDS', 'LEVERS', 'NOTEBOOK', 'SUMMARY', 'study_cli', 'Grid', 'load_
            'baseline_generator', 'run_settings', 'run_state', 'notebook_error', 'execute', 'study_lock', 'save_state',
            'plan', 'run_study', 'run_summary', 'sr3d_study']
 
-# %% ../nbs/study.ipynb #c8f0763e
+# %% ../nbs/study.ipynb #083372ed
 @dataclass
 class Grid:
     "A study's configurations: a baseline and tables that vary parameters around it."
@@ -42,7 +42,7 @@ GRIDS = {
         'Table 4.2 — VGG slices per plane': {'vgg_n': [0, 3, 6, 9, 'full']},
         'Table 4.3 — RRDB blocks': {'n_rrdb': [1, 2, 3]},
         'Table 4.4 — LR patch size': {'patch': ['8,8,6', '6,6,4', '4,4,3']},
-        'VGG input size (beyond the thesis)': {'vgg_n': [3, 'full'], 'vgg_resize': ['native', 60]}},
+        'VGG input size (beyond the thesis)': {'vgg_n': [3], 'vgg_resize': ['native', 60]}},
         scaling=("the thesis's sizes scaled by about 0.3 to the demo volumes: patches 30x30x20/20x20x15/15x15x10 -> "
                  "8x8x6/6x6x4/4x4x3; VGG slices per plane 10/20/30 -> 3/6/9; RRDBs 5/10/15 -> 1/2/3; "
                  "resize 224 -> 60")),

@@ -376,10 +376,9 @@ def bench(mode: str = 'full',  # 'quick', 'full' or 'gpu'
     print(res['headline'], flush=True)
     return res
 
-# %% ../nbs/bench.ipynb #1290c798
-def sr3d_bench(quick: bool = False,  # under 2 minutes on a 2-core CPU: the loss at n=10, the step with and without it
+# %% ../nbs/bench.ipynb #be178560
+def sr3d_bench(quick: bool = False,  # a few minutes on a 2-core CPU: the loss at n=10, the step with and without it
                gpu: bool = False,  # on a CUDA GPU, paper preset: the full bench plus the GPU sections of nbs/gpu.ipynb
-
                preset: str | None = None,  # 'demo' or 'paper'; default: demo (CPU) or paper (--gpu)
                device: str | None = None,  # default: cuda with --gpu, else cpu
                out: str | None = None,  # folder for bench.json and bench.md (default outputs/bench/<quick|full|gpu>)

@@ -19,7 +19,7 @@ from .timing import (Step, accelerator, best, device_name, free, interleaved, ms
 __all__ = ['PEAK_BF16_TFLOPS', 'GPU_VARIANTS', 'THESIS_STEPS', 'peak_tflops', 'step_flops', 'generator_costs', 'variant_table',
            'top_kernels', 'epoch_costs', 'gpu_sections']
 
-# %% ../nbs/gpu.ipynb #c4391322
+# %% ../nbs/gpu.ipynb #3337825c
 PEAK_BF16_TFLOPS = [  # dense bf16 tensor-core peak (data sheets), matched in order against the device's name
     ('H100 PCIe', 756.0), ('H100 NVL', 835.0), ('H100', 989.4), ('H200', 989.4), ('GH200', 989.4), ('A100', 312.0)]
 
@@ -76,9 +76,6 @@ def variant_table(c: TrainConfig,  # the configuration stepped
                   reps: int = 5, warmup: int = 2,  # timed steps, untimed steps after the first
                  ) -> pd.DataFrame:
     "Per variant: first step (with compilation), seconds per step, TFLOP/s, MFU, peak memory, agreement of the losses."
-
-
-
     peak, rows, ref, flops = peak_tflops(device_name(device)), [], None, None
     for name, v in variants.items():
         try:

@@ -15,7 +15,7 @@ from .weights import load_features, WeightsInfo
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'mse', 'gaussian_window', 'ssim3d', 'd_loss', 'adv_loss', 'check_slices',
            'neighbour_stack', 'Perceptual25D', 'generator_loss']
 
-# %% ../nbs/losses.ipynb #f3cd8eb0
+# %% ../nbs/losses.ipynb #9da7157f
 def mse(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     "Mean squared error, in float32."
     return F.mse_loss(sr.float(), hr.float())
@@ -42,7 +42,6 @@ def ssim3d(x: torch.Tensor,  # (B, 1, D, H, W)
         g = gaussian_window(size, sigma).to(x.device)
         for axis in range(3):
             shape = [size if a == axis else 1 for a in range(3)]
-
             z = F.conv3d(z, g.view(1, 1, *shape).expand(5, 1, *shape), groups=5)
         mx, my, xx, yy, xy = z.unbind(1)
         c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
@@ -90,7 +89,7 @@ def neighbour_stack(v: torch.Tensor,  # (B, 1, X, Y, Z)
     s = v[:, 0].index_select(axis + 1, nb).movedim(axis + 1, 1)  # (B, 3n, h, w)
     return s.reshape(v.shape[0] * len(idx), 3, *s.shape[2:])
 
-# %% ../nbs/losses.ipynb #439f7308
+# %% ../nbs/losses.ipynb #0623f539
 class Perceptual25D(nn.Module):
     "2.5D VGG perceptual loss over `n` slices per plane (or `'full'`), SR and HR at the same indices."
     def __init__(self, n=10,  # slices per plane: an int >= 1, or 'full' for every slice
@@ -129,8 +128,6 @@ class Perceptual25D(nn.Module):
         if self.resize is not None: x = F.interpolate(x, size=(self.resize,) * 2, mode='bilinear', align_corners=False)
 
         return x.contiguous(memory_format=torch.channels_last)  # the same values, in the VGG's layout (nbs/bench.ipynb)
-
-
     def forward(self, sr: torch.Tensor,  # (B, 1, X, Y, Z) generator output
                 hr: torch.Tensor,  # (B, 1, X, Y, Z) target
                 idx: list | None = None):  # slice indices per plane; drawn when None

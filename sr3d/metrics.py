@@ -107,7 +107,7 @@ def lpips_model(weights: str | None = 'imagenet',  # as for `alex_lpips`; None: 
     net, _ = alex_lpips(info.path)
     return net.to(device or 'cpu'), dict(available=True, reason=None, weights=info.as_dict())
 
-# %% ../nbs/metrics.ipynb #2ded728a
+# %% ../nbs/metrics.ipynb #bde80a03
 LPIPS_MIN_SIDE = 31  # AlexNet's two 3x3 max-pools need slices at least this many pixels on each side
 
 def lpips_slices(sr: np.ndarray,  # prepared SR' (X, Y, Z)
@@ -121,12 +121,7 @@ def lpips_slices(sr: np.ndarray,  # prepared SR' (X, Y, Z)
     short = [n for i, n in enumerate(hr.shape) if i != axis]
     if min(short) < LPIPS_MIN_SIDE:
         raise ValueError(f"lpips: slices along axis {axis} are {short[0]}x{short[1]}; "
-                         f"AlexNet needs {LPIPS_MIN_SIDE} per side")
-
-
-
-
-
+                         f"AlexNet needs >= {LPIPS_MIN_SIDE} pixels per side")
     def images(v, lo):
         t = torch.from_numpy(np.moveaxis(v, axis, 0)[lo:lo + batch]).to(dev, torch.float32)
         return (2 * t.clamp(0, 1) - 1)[:, None].expand(-1, 3, -1, -1)

@@ -164,7 +164,7 @@ def load_generator(path,  # a generator file or a training checkpoint
     g.intensity = rec['intensity']
     return g
 
-# %% ../nbs/model.ipynb #b35de0b5
+# %% ../nbs/model.ipynb #8d8d9e9f
 class Discriminator(nn.Module):
     "Label-conditioned 3D CNN: one real/fake logit per volume."
     def __init__(self, n_classes: int = 10,  # classes of the label maps
@@ -187,6 +187,4 @@ class Discriminator(nn.Module):
         maps = onehot[:, :, None, None, None].expand(-1, -1, *x.shape[2:])
         h = self.features(torch.cat([x, maps], 1))
         with torch.autocast('cuda' if h.is_cuda else 'cpu', enabled=False):  # pooling and head in float32 (§3.3.2)
-
-
             return self.head(h.float().mean((2, 3, 4), keepdim=True)).flatten()

@@ -17,7 +17,8 @@ from .study import LEVERS, Grid, config_name, table_runs
 
 # %% auto #0
 __all__ = ['DIGITS', 'CLAIMS', 'read_run', 'study_grid', 'collect', 'per_case', 'thesis_row', 'study_table', 'study_header',
-           'write_tables', 'compact_table', 'thesis_table', 'study_minutes', 'lever_effects', 'check_claim', 'claims']
+           'write_tables', 'compact_table', 'thesis_table', 'study_minutes', 'lever_effects', 'check_claim', 'claims',
+           'adversarial_weight']
 
 # %% ../nbs/report.ipynb #c6aa2ece
 def read_run(run_dir) -> dict:
@@ -247,7 +248,7 @@ def _quality_step(study_dir, a: str, b: str, metric: str, better: str) -> tuple[
     significance = f" (p = {t['p']:.2g})" if t['p'] < 0.05 else f" — not significant (p = {t['p']:.2g}, n = {t['n']})"
     return f"{x.mean():.4g} vs {y.mean():.4g}", ('yes' if holds else 'no, the opposite') + significance
 
-# %% ../nbs/report.ipynb #85c0b1c5
+# %% ../nbs/report.ipynb #958335d4
 def _check_steps(study_dir, grid: Grid, runs: dict, claim: dict, fixed: dict) -> dict:
     "One lever claim, step by step along the lever, with `fixed` settings held."
     values = _lever_values(grid, claim['lever'])
@@ -275,15 +276,12 @@ def check_claim(study_dir, claim: dict) -> list[dict]:
         return [dict(claim=claim['claim'], thesis='', study='—', holds=f"cannot check: no LPIPS ({reason})")]
     if claim.get('lever') == 'vgg_resize':  # beyond the thesis: only where the grid has the table, at each of its vgg_n
         if not (t := _table_of(grid, 'vgg_resize')): return []
-        return [_check_steps
-(study_dir, grid, runs, claim, dict(vgg_n=n)) for n in t.get('vgg_n', [grid.baseline['vgg_n']])]
+        ns = t.get('vgg_n', [grid.baseline['vgg_n']])
+        return [_check_steps(study_dir, grid, runs, claim, dict(vgg_n=n)) for n in ns]
     if 'lever' in claim: return [_check_steps(study_dir, grid, runs, claim, {})]
     a, b = _settings(grid, claim['a']), _settings(grid, claim['b'])
     thesis = f"{_thesis_side(grid, a, claim['metric'])} vs {_thesis_side(grid, b, claim['metric'])}"
-
-
     row = dict(claim=claim['claim'], thesis=thesis)
-
     if config_name(a) not in runs or config_name(b) not in runs:
         return [dict(row, study='—', holds='cannot check: runs missing')]
     values, holds = _quality_step(study_dir, config_name(a), config_name(b), claim['metric'], claim['better'])
@@ -292,3 +290,14 @@ def check_claim(study_dir, claim: dict) -> list[dict]:
 def claims(study_dir) -> pd.DataFrame:
     "Each of the thesis's `CLAIMS`, what the thesis and this study measured, and whether it holds here."
     return pd.DataFrame([r for c in CLAIMS for r in check_claim(study_dir, c)])
+
+# %% ../nbs/report.ipynb #c8a2daa6
+def adversarial_weight(study_dir) -> pd.DataFrame:
+    "Per run: the adversarial term's share of G's loss at the last epoch, and how far D got from chance."
+    rows = []
+    for name, r in collect(study_dir).items():
+        log = pd.read_csv(Path(study_dir)/'runs'/name/'log.csv')
+        last, lam = log.iloc[-1], r['config']['lambda_adv']
+        rows.append(dict(run=name, lambda_adv=lam, adv_share=lam * last.adv / last.total,
+                         max_d_gap=float((log.d_real - log.d_fake).abs().max()), last_d_loss=last.d_loss))
+    return pd.DataFrame(rows)

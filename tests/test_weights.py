@@ -53,6 +53,7 @@ def test_a_pickle_naming_any_other_global_is_refused():
             W.read_pickle(data, W.hashlib.sha256(data).hexdigest(), 'evil.ckpt')
 
 
+@pytest.mark.filterwarnings('ignore::UserWarning:torchvision')  # lpips 0.1.4 still asks torchvision for pretrained=True
 def test_lpips_with_the_converted_alexnet_equals_the_lpips_package(archive, tmp_path, monkeypatch):
     import lpips
     alexnet = W.convert_archive(archive, tmp_path/'w')['alexnet']

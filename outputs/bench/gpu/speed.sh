@@ -1,4 +1,4 @@
-# The GPU speed check (issue 12): one command on a GPU machine with no internet, about 6 minutes on one H100 or H200.
+# The GPU speed check (issue 12): one command on a GPU machine with no internet, cut off at 440 s by its timeout. Not yet run on a GPU.
 # From this machine, with the device tool:  run(command="bash outputs/bench/gpu/speed.sh", carry=[".whl"], timeout_s=480)
 # .whl/ (git-ignored) holds the wheels the GPU machine's Python 3.12 lacks; make it here with
 #   pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 --no-deps \

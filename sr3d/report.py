@@ -5,6 +5,7 @@
 # %% ../nbs/report.ipynb #5e082325
 from __future__ import annotations
 import json
+import re
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ from .study import LEVERS, Grid, config_name, table_runs
 # %% auto #0
 __all__ = ['DIGITS', 'CLAIMS', 'read_run', 'study_grid', 'collect', 'per_case', 'thesis_row', 'study_table', 'study_header',
            'write_tables', 'compact_table', 'thesis_table', 'study_minutes', 'lever_effects', 'check_claim', 'claims',
-           'adversarial_weight']
+           'verdict', 'adversarial_weight']
 
 # %% ../nbs/report.ipynb #c6aa2ece
 def read_run(run_dir) -> dict:
@@ -290,6 +291,23 @@ def check_claim(study_dir, claim: dict) -> list[dict]:
 def claims(study_dir) -> pd.DataFrame:
     "Each of the thesis's `CLAIMS`, what the thesis and this study measured, and whether it holds here."
     return pd.DataFrame([r for c in CLAIMS for r in check_claim(study_dir, c)])
+
+# %% ../nbs/report.ipynb #309fe2c7
+def _step_verdicts(holds: str) -> list[str]:
+    "The verdict of each step of a `holds` string ('3 → 6: yes (p = …); 6 → 9: …' or one verdict)."
+    return [re.sub(r'^\S+ → \S+: ', '', part) for part in holds.split('; ')]
+
+def verdict(holds: str) -> str:
+    "One of 'holds', 'leans', 'opposite', 'opposite, not significant', 'cannot check' for a claim's `holds`."
+    if holds.startswith('cannot'): return 'cannot check'
+    if holds.startswith('no: '):  # a cost claim: slower/faster the wrong way at some step
+        return 'opposite' if 'the opposite, beyond' in holds else 'opposite, not significant'
+    if holds.startswith('yes; within'): return 'leans'  # a cost claim within the epoch-to-epoch noise somewhere
+    steps = _step_verdicts(holds)
+    if any(s.startswith('no') and 'not significant' not in s for s in steps): return 'opposite'
+    if any(s.startswith('no') for s in steps): return 'opposite, not significant'
+    return 'leans' if any('not significant' in s for s in steps) else 'holds'
+
 
 # %% ../nbs/report.ipynb #c8a2daa6
 def adversarial_weight(study_dir) -> pd.DataFrame:

@@ -7,22 +7,21 @@ from __future__ import annotations
 import copy, json, math, os, tempfile, time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from .core import PLANES, PeakMemory, markdown_table, parse_size, resolve, script, write_text
-from .config import THESIS, TrainConfig, make_config, thesis_values
-from .data import SCALE, PatchPairs, save_volume
-from .prepare import demo_data, prepare_folder, read_list
+from .config import THESIS, THESIS_PATCHES, TrainConfig, make_config, thesis_values
+from .data import SCALE, PatchPairs
+from .prepare import demo_data, read_list
 from .losses import Perceptual25D
 from .train import STEP_PARTS, batch_readings, epoch_batches, resolve_precision
 from .infer import inference_costs
 from .study import GRIDS
 from .gpu import gpu_sections
 from .timing import (Step, accelerator, amp, best, free, interleaved, machine, msd_sized_data, step_parts, step_setup,
-                         sync, whole_step)
+                         whole_step)
 
 # %% auto #0
 __all__ = ['OOM_CHUNK', 'THESIS_PATCHES_PER_S', 'PERCEPTUAL_COLS', 'STEP_COLS', 'bench_cli', 'vgg_batches', 'vgg_floor',
@@ -205,7 +204,8 @@ def step_table(rows: list,  # from `lever_rows`
     return pd.DataFrame(out)
 
 # %% ../nbs/bench.ipynb #a1684f9a
-THESIS_PATCHES_PER_S = 484 * 8 / (THESIS['vgg_n', 0]['min_per_epoch'] * 60)  # the thesis's fastest rate (VGG 0, 2 GPUs)
+# the thesis's fastest rate (VGG 0, 2 GPUs)
+THESIS_PATCHES_PER_S = THESIS_PATCHES / (THESIS['vgg_n', 0]['min_per_epoch'] * 60)
 
 def loading_rate(list_file,  # a prepared data set
                  patch,  # LR patch size

@@ -5,18 +5,18 @@
 # %% ../nbs/config.ipynb #0249ac46
 from __future__ import annotations
 import hashlib, json
-from dataclasses import dataclass, asdict, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from .core import list_path, parse_size
 from .data import SCALE, DataError, PatchPairs
 from .losses import check_slices
 from .model import OUT_CONV
-
 from .prepare import demo_data, read_list
 
 # %% auto #0
-__all__ = ['PRESETS', 'FIELDS', 'RESULT_FIELDS', 'RANGES', 'THESIS_BASELINE', 'THESIS', 'TrainConfig', 'ConfigError',
-           'check_value', 'data_path', 'check_against_data', 'config_hash', 'run_name', 'make_config', 'thesis_values']
+__all__ = ['PRESETS', 'FIELDS', 'RESULT_FIELDS', 'RANGES', 'THESIS_BASELINE', 'THESIS_PATCHES', 'THESIS', 'TrainConfig',
+           'ConfigError', 'check_value', 'data_path', 'check_against_data', 'config_hash', 'run_name', 'make_config',
+           'thesis_values']
 
 # %% ../nbs/config.ipynb #d0f62f67
 @dataclass
@@ -72,13 +72,11 @@ RANGES = {  # field -> (least, most, *other allowed values) for numbers (None: u
     'n_rrdb': (0, None), 'nf': (1, None), 'gc': (1, None), 'd_nf': (1, None), 'n_classes': (1, None),
     'patches_per_volume': (1, None), 'batch_size': (1, None), 'epochs': (1, None), 'lr_step': (1, None),
     'lr': (1e-8, 1.0), 'd_lr': (1e-8, 1.0, None), 'lr_gamma': (1e-3, 1.0),
- 'lambda_adv': (0, None), 'lambda_vgg': (0, None),
+    'lambda_adv': (0, None), 'lambda_vgg': (0, None),
     'num_processes': (1, None), 'seed': (0, None), 'ckpt_every': (1, None), 'num_workers': (0, None),
     'interp_residual': (False, True), 'patch_mode': ('fixed', 'random'), 'preset': tuple(PRESETS), 'out_conv': OUT_CONV,
     'mixed_precision': ('auto', 'bf16', 'fp16', 'no'),
-
 }
-
 
 def _rule(name: str) -> str:
     "The values field `name` accepts, in words."
@@ -132,7 +130,6 @@ def config_hash(c: TrainConfig) -> str:
     settings = json.dumps({k: getattr(c, k) for k in RESULT_FIELDS}, sort_keys=True)
     return hashlib.sha256(settings.encode()).hexdigest()[:8]
 
-
 def run_name(c: TrainConfig) -> str:
     "A readable folder name for `c`: preset, the study's levers, and the configuration hash."
     return f"{c.preset}-vgg{c.vgg_n}-{c.vgg_resize}-rrdb{c.n_rrdb}-p{c.patch.replace(',', 'x')}-{config_hash(c)}"
@@ -157,6 +154,7 @@ def make_config(preset: str,  # 'demo' or 'paper'
 
 # %% ../nbs/config.ipynb #12cd4718
 THESIS_BASELINE = dict(vgg_n=10, n_rrdb=10, patch='30,30,20')
+THESIS_PATCHES = 484 * 8  # training patches in one of the thesis's epochs: 484 volumes x 8
 THESIS = {  # (lever, value) -> the thesis's result for the baseline with that lever changed
     ('vgg_n', 0): dict(mse=0.000284, psnr=35.79, ssim=0.9662, lpips=0.0584, min_per_epoch=5.16, hours=17.23),
     ('vgg_n', 10): dict(mse=0.000307, psnr=35.47, ssim=0.9608, lpips=0.0324, min_per_epoch=8.75, hours=29.24),

@@ -80,7 +80,6 @@ def parse_size(size,  # '30,30,20', '30x30x20', an int (a cube) or three ints
     try:
         if isinstance(size, str): size = size.replace('x', ',').split(',')
         p = tuple(int(v) for v in ([size] if isinstance(size, int) else size))
-
     except (TypeError, ValueError): p = ()
     if len(p) == 1: p = p * 3
     if len(p) != 3 or min(p) < 1:

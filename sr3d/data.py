@@ -158,9 +158,7 @@ class PatchPairs(torch.utils.data.Dataset):
         "Sample `key`: an index into the epoch set last, or `(epoch, index)` (what training's batch sampler gives)."
         epoch, i = key if isinstance(key, tuple) else (None, key)
         v, c = i // self.per_volume, self.corner(i, epoch)
-
         lr, hr = self.cases[v].arrays()
-
         lo = tuple(slice(a, a + p) for a, p in zip(c, self.patch))
         hi = tuple(slice(SCALE * a, SCALE * (a + p)) for a, p in zip(c, self.patch))
         return (torch.from_numpy(np.array(lr[lo]))[None], torch.from_numpy(np.array(hr[hi]))[None],

@@ -19,7 +19,7 @@ from .metrics import METRICS_VERSION, NAMES, lpips_model, paired_wilcoxon, same_
 from .model import Generator
 
 # %% auto #0
-__all__ = ['BASELINES', 'SPLINE_ORDER', 'COLUMNS', 'eval_cli', 'keys_matrix', 'interpolate', 'evaluate_method',
+__all__ = ['BASELINES', 'SPLINE_ORDER', 'COLUMNS', 'DIGITS', 'eval_cli', 'keys_matrix', 'interpolate', 'evaluate_method',
            'interpolation_run', 'generator_run', 'baseline_rows', 'summary', 'format_table', 'evaluate_generator',
            'case_files', 'pair_cases', 'evaluate_folders', 'sr3d_eval']
 
@@ -158,11 +158,13 @@ def summary(rows: list[dict],  # per-case rows of one or more methods
                 tests.append(dict(a=reference, b=m, metric=k, **test))
     return dict(methods=methods, wilcoxon=tests)
 
+DIGITS = dict(mse=6, psnr=2, ssim=4, lpips=4, hfen=4)  # decimals per metric, in every table sr3d writes
+
 def format_table(methods: dict,  # `summary(...)['methods']` or metrics.json's `methods`
                  digits: dict | None = None,  # decimals per metric
                 ) -> pd.DataFrame:
     "A readable table: one row per method, `mean [lo, hi]` per metric, cost columns."
-    digits = digits or dict(mse=6, psnr=2, ssim=4, lpips=4, hfen=4)
+    digits = digits or DIGITS
     def cell(v, k):
         if v is None: return '—'
         d = digits[k]

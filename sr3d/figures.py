@@ -145,7 +145,6 @@ def figure_42(cases: list,  # test `Case`s to draw from
         for col, (name, v, f) in enumerate([('LR', lr, SCALE), ('SR', s, 1), ('HR', hr, 1)]):
             label = f"{c.case_id} {plane} {_axis_letter(plane)}={i}"
             _show(axs[r, col], for_display(slice_of(v, plane, i, f)), vmin, vmax, label)
-
             if r == 0: axs[r, col].set_title(name, fontsize=10)
     if title: fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -4,13 +4,13 @@
 
 # %% ../nbs/gpu.ipynb #dac2258d
 from __future__ import annotations
-import json, tempfile, time
+import tempfile, time
 from dataclasses import asdict
 import numpy as np
 import pandas as pd
 import torch
-from .core import PeakMemory, resolve
-from .config import THESIS, TrainConfig, make_config
+from .core import PeakMemory
+from .config import THESIS, THESIS_PATCHES, TrainConfig, make_config
 from .train import launch
 from .timing import (Step, accelerator, best, device_name, free, interleaved, msd_sized_data, step_setup, sync,
                          whole_step)
@@ -40,7 +40,7 @@ GPU_VARIANTS = {  # name -> step options; the first is the reference the others 
     'bf16 + conv_out shift': dict(precision='bf16', out_conv='shift'),
     'bf16 + channels_last': dict(precision='bf16', channels_last=True),
     'bf16 + compile': dict(precision='bf16', compile=True)}
-THESIS_STEPS = 484 * 8 // 16  # optimiser steps in one of the thesis's epochs (a global batch of 16)
+THESIS_STEPS = THESIS_PATCHES // TrainConfig.batch_size  # optimiser steps in a thesis epoch (global batch 16)
 
 def generator_costs(s: Step, reps: int = 3) -> dict:
     "Seconds of the generator's forward, and of its backward (a sum of the output as the loss), on the step's batch."

@@ -41,7 +41,6 @@ def ramp(length: int,  # HR voxels of the tile along the axis
          left: bool, right: bool,  # whether a neighbouring tile lies on that side
         ) -> np.ndarray:
     "Blending weight of one tile along one axis: 0, a linear ramp, then 1 across the overlap facing a neighbour."
-
     w = np.ones(length, np.float64)
     if width:
         r = np.clip((np.arange(width) + 0.5 - width / 4) / (width / 2), 0, 1)
@@ -125,7 +124,6 @@ def sr_affine(lr_aff: np.ndarray,  # 4x4 affine of the LR volume
     "Affine of the SR volume: voxel size / `s`, voxel centres tiling the LR voxels (inverse of `lr_affine`)."
     m = np.diag([1 / s, 1 / s, 1 / s, 1.0])
     m[:3, 3] = -(s - 1) / (2 * s)
-
     return lr_aff @ m
 
 # %% ../nbs/infer.ipynb #46581d86

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from .core import PLANES
-from .weights import load_features, WeightsInfo
+from .weights import load_features
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'mse', 'gaussian_window', 'ssim3d', 'd_loss', 'adv_loss', 'check_slices',
@@ -126,8 +126,8 @@ class Perceptual25D(nn.Module):
         "VGG-ready images of one plane: neighbour-stacked, normalised, resized, in the VGG's channels-last layout."
         x = (neighbour_stack(v, axis, idx).to(self.mean.dtype) - self.mean) / self.std
         if self.resize is not None: x = F.interpolate(x, size=(self.resize,) * 2, mode='bilinear', align_corners=False)
-
         return x.contiguous(memory_format=torch.channels_last)  # the same values, in the VGG's layout (nbs/bench.ipynb)
+
     def forward(self, sr: torch.Tensor,  # (B, 1, X, Y, Z) generator output
                 hr: torch.Tensor,  # (B, 1, X, Y, Z) target
                 idx: list | None = None):  # slice indices per plane; drawn when None

@@ -122,6 +122,7 @@ def lpips_slices(sr: np.ndarray,  # prepared SR' (X, Y, Z)
     if min(short) < LPIPS_MIN_SIDE:
         raise ValueError(f"lpips: slices along axis {axis} are {short[0]}x{short[1]}; "
                          f"AlexNet needs >= {LPIPS_MIN_SIDE} pixels per side")
+
     def images(v, lo):
         t = torch.from_numpy(np.moveaxis(v, axis, 0)[lo:lo + batch]).to(dev, torch.float32)
         return (2 * t.clamp(0, 1) - 1)[:, None].expand(-1, 3, -1, -1)

@@ -43,7 +43,6 @@ def esrgan_init(convs, scale: float = 0.1):
     for c in convs:
         nn.init.kaiming_normal_(c.weight, a=0, mode='fan_in')
         c.weight.data *= scale
-
         nn.init.zeros_(c.bias)
 
 class DenseBlock(nn.Module):
@@ -110,7 +109,6 @@ class Generator(nn.Module):
         f = f0 + self.conv_trunk(self.trunk(f0))
         for up in self.ups: f = F.leaky_relu(voxel_shuffle(up(f)), 0.2)
         out = single_channel_conv(f, self.conv_out, self.out_conv)
-
         if self.config['interp_residual']:
             out = out + F.interpolate(x, scale_factor=self.config['scale'], mode='trilinear', align_corners=False)
         return out

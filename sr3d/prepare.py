@@ -209,7 +209,6 @@ def demo_subject(rng: np.random.Generator,  # the subject's own random generator
     t = rng.normal(0, 3, 3)
     centre = DEMO_CENTRE[:, None, None, None]
     src = np.einsum('ij,j...->i...', R, world - centre) + (DEMO_CENTRE + t)[:, None, None, None]
-
     src += np.stack([_smooth_field(rng, shape, 4, 2.5) for _ in range(3)])  # mm of smooth deformation
     Ti = np.linalg.inv(tmpl_affine)
     vox = np.einsum('ij,j...->i...', Ti[:3, :3], src) + Ti[:3, 3, None, None, None]

@@ -12,14 +12,14 @@ import pandas as pd
 from scipy import stats
 from .core import markdown_table, write_text
 from .config import THESIS, thesis_values
-from .evaluate import BASELINES, summary
+from .evaluate import BASELINES, DIGITS
 from .metrics import NAMES, bootstrap_ci, paired_wilcoxon
 from .study import LEVERS, Grid, config_name, table_runs
 
 # %% auto #0
-__all__ = ['DIGITS', 'CLAIMS', 'read_run', 'study_grid', 'collect', 'per_case', 'thesis_row', 'study_table', 'study_header',
-           'write_tables', 'compact_table', 'thesis_table', 'study_minutes', 'lever_effects', 'check_claim', 'claims',
-           'verdict', 'adversarial_weight']
+__all__ = ['CLAIMS', 'read_run', 'study_grid', 'collect', 'per_case', 'thesis_row', 'study_table', 'study_header', 'write_tables',
+           'compact_table', 'thesis_table', 'study_minutes', 'lever_effects', 'check_claim', 'claims', 'verdict',
+           'adversarial_weight']
 
 # %% ../nbs/report.ipynb #c6aa2ece
 def read_run(run_dir) -> dict:
@@ -49,8 +49,6 @@ def per_case(study_dir, name: str, metric: str, method: str = 'sr3d') -> pd.Seri
     return d[d.method == method].set_index('case_id')[metric].astype(float)
 
 # %% ../nbs/report.ipynb #5f0468ce
-DIGITS = dict(mse=6, psnr=2, ssim=4, lpips=4, hfen=4)
-
 def _cell(m: dict | None, digits: int) -> str: return '—' if m is None else f"{m['mean']:.{digits}f}"
 
 def _ci(m: dict | None, digits: int) -> str:
@@ -135,7 +133,6 @@ def compact_table(study_dir, title: str) -> pd.DataFrame:
     t = t[~t.run.isin([f'interpolation: {BASELINES[m]}' for m in ('trilinear', 'nearest')])].copy()
     columns = (*LEVERS, 'PSNR', 'PSNR 95% CI', 'SSIM', 'LPIPS', 'HFEN', 'min/epoch', 'status')
     keep = [c for c in t.columns if c in columns]
-
     interp = t.run.str.startswith('interpolation: ')
     t.loc[interp, keep[0]] = t.run[interp].str.removeprefix('interpolation: ')  # named where the grid values stand
     return t[keep]

@@ -14,7 +14,7 @@ from queue import Queue
 import yaml
 import sr3d
 from .core import project_root, resolve, script, write_text
-from .config import ConfigError, config_hash, make_config
+from .config import FIELDS, ConfigError, config_hash, make_config
 
 # %% auto #0
 __all__ = ['GRIDS', 'LEVERS', 'NOTEBOOK', 'SUMMARY', 'study_cli', 'Grid', 'load_grid', 'config_name', 'table_runs', 'grid_runs',
@@ -238,7 +238,9 @@ def sr3d_study(preset: str | None = None,  # the preset's grid: 'demo' (this CPU
         raise ConfigError(f"preset: must be one of {list(GRIDS)}, got {preset!r}")
     g = GRIDS[preset] if preset else load_grid(grid)
     if set:
+        if bad := [s for s in set if '=' not in s]: raise ConfigError(f"set: expected KEY=VALUE, got {bad}")
         extra = {k: yaml.safe_load(v) for k, v in (s.split('=', 1) for s in set)}
+        if unknown := sorted({*extra} - {*FIELDS}): raise ConfigError(f"set: unknown parameters {unknown}")
         g = Grid(**{**asdict(g), 'overrides': {**g.overrides, **extra}})
     out = resolve(out or f'outputs/{g.preset}')
     run_study(g, out, data, jobs, [int(d) for d in devices.split(',')] if devices else None, gpus_per_run)
@@ -247,7 +249,5 @@ def sr3d_study(preset: str | None = None,  # the preset's grid: 'demo' (this CPU
     failures = f", {len(failed)} failed: {failed}" if failed else ''
     done = f"study {out}: {len(runs) - len(failed)} runs finished{failures}"
     return f"{done}\ntables: {out/'tables.md'}; summary: {out/'summary.ipynb'}"
-
-
 
 study_cli = script(sr3d_study)

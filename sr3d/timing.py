@@ -4,7 +4,7 @@
 
 # %% ../nbs/timing.ipynb #62262cbe
 from __future__ import annotations
-import gc, os, platform, re, tempfile, time
+import gc, os, platform, time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,11 +12,11 @@ import torch
 from accelerate import Accelerator
 import sr3d
 from .core import parse_size
-from .config import TrainConfig, make_config
+from .config import TrainConfig
 import numpy as np
 from .data import SCALE, save_volume
-from .prepare import prepare_folder, read_list
-from .train import STEP_PARTS, Models, build, reset_accelerate, resolve_precision, train_step
+from .prepare import prepare_folder
+from .train import Models, build, cpu_model, reset_accelerate, resolve_precision, train_step
 
 # %% auto #0
 __all__ = ['sync', 'interleaved', 'best', 'device_name', 'machine', 'amp', 'accelerator', 'Step', 'step_setup', 'free',
@@ -53,9 +53,7 @@ def best(times: dict) -> dict[str, float]:
 def device_name(device) -> str:
     "The device's name as its vendor gives it (CPU: the processor's model name)."
     device = torch.device(device)
-    if device.type == 'cuda': return torch.cuda.get_device_name(device)
-    try: return re.search(r'^model name\s*:\s*(.+)$', Path('/proc/cpuinfo').read_text(), re.M).group(1)
-    except (OSError, AttributeError): return platform.processor() or platform.machine()
+    return torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_model()
 
 def machine(device) -> dict:
     "Where the figures come from: device, core count, torch version and threads, precision support."
@@ -105,8 +103,6 @@ def step_setup(c: TrainConfig,  # the configuration (its VGG weights are replace
     y = torch.randint(0, c.n_classes, (B,), generator=g)
     lr, hr = (v.to(acc.device).contiguous(memory_format=mf) for v in (lr, hr))
     return Step(c, acc, m, (lr, hr, y.to(acc.device)))
-
-
 
 def free(device):
     "Return cached memory after a configuration is dropped."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/train.ipynb #83c3c753
 from __future__ import annotations
-import fcntl, importlib.metadata, json, math, os, platform, random, subprocess, sys, time
+import fcntl, importlib.metadata, json, math, platform, random, subprocess, sys, time
 from contextlib import nullcontext
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -17,25 +17,29 @@ from accelerate.state import AcceleratorState
 from tqdm import tqdm  # text progress: no widget in papermill or a terminal
 import sr3d
 from .core import atomic, project_root, resolve, write_text
-from .config import FIELDS, ConfigError, TrainConfig, config_hash, data_path, make_config
+# make_config too: scripts start a run with `from sr3d.train import make_config, launch`
+from .config import THESIS_PATCHES, ConfigError, TrainConfig, config_hash, data_path, make_config
 from .data import PatchPairs, hr_over_lr
 from .prepare import read_list
-from .model import Discriminator, Generator, generator_record, intensity_record, save_generator, load_generator
+from .model import Discriminator, Generator, generator_record, intensity_record, save_generator
 from .losses import Perceptual25D, d_loss, generator_loss
 from .weights import find_weights
 
 # %% auto #0
-__all__ = ['STEP_PARTS', 'cpu_name', 'provenance', 'open_run', 'load_config', 'epoch_batches', 'EpochBatches', 'batch_readings',
-           'Models', 'build', 'NonFiniteLoss', 'train_step', 'rng_states', 'set_rng_states', 'save_checkpoint',
-           'load_checkpoint', 'resolve_precision', 'write_log', 'reset_accelerate', 'train', 'launch', 'main',
-           'plot_log']
+__all__ = ['STEP_PARTS', 'cpu_model', 'cpu_name', 'provenance', 'open_run', 'load_config', 'epoch_batches', 'EpochBatches',
+           'batch_readings', 'Models', 'build', 'NonFiniteLoss', 'train_step', 'rng_states', 'set_rng_states',
+           'save_checkpoint', 'load_checkpoint', 'resolve_precision', 'write_log', 'reset_accelerate', 'train',
+           'launch', 'main', 'plot_log']
 
 # %% ../nbs/train.ipynb #4e3d6953
+def cpu_model() -> str:
+    "The CPU's model name, e.g. 'Intel(R) Xeon(R) Processor' (Linux; elsewhere what `platform` knows)."
+    try: return next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
+    except (OSError, StopIteration): return platform.processor() or platform.machine()
+
 def cpu_name() -> str:
     "The CPU's model name and the threads torch uses, e.g. 'Intel(R) Xeon(R) Processor, 2 threads'."
-    try: name = next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
-    except (OSError, StopIteration): name = platform.processor() or platform.machine()
-    return f"{name}, {torch.get_num_threads()} threads"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads"
 
 def provenance() -> dict:
     "Where a result came from: git commit, package versions, device."
@@ -108,7 +112,7 @@ class EpochBatches(torch.utils.data.Sampler):
             yield [(self.epoch, i) for i in b]
 
 # %% ../nbs/train.ipynb #8fe31116
-def batch_readings(patches: int = 484 * 8,  # training patches per epoch (the thesis: 484 volumes x 8)
+def batch_readings(patches: int = THESIS_PATCHES,  # training patches per epoch (the thesis: 484 volumes x 8)
                    batch: int = 16,  # the batch size as written
                    processes: int = 2,  # data-parallel processes (the thesis: 2 GPUs)
                   ) -> pd.DataFrame:
@@ -136,7 +140,6 @@ def build(c: TrainConfig,  # the configuration
     "G, D, the perceptual loss, both optimisers and G's scheduler for `c`, initialised from `c.seed`."
     torch.manual_seed(c.seed)  # the same initial weights in every process
     G = Generator(c.nf, c.gc, c.n_rrdb, interp_residual=c.interp_residual, out_conv=c.out_conv)
-
     D = Discriminator(c.n_classes, c.d_nf)
     perceptual = None
     if c.vgg_n != 0:
@@ -144,7 +147,6 @@ def build(c: TrainConfig,  # the configuration
         perceptual = Perceptual25D(c.vgg_n, resize, weights=c.weights, chunk=c.vgg_chunk).to(device)
     opt_g = torch.optim.Adam(G.parameters(), c.lr, betas=(0.9, 0.99))
     opt_d = torch.optim.Adam(D.parameters(), c.d_lr or c.lr, betas=(0.9, 0.99))
-
     sched = torch.optim.lr_scheduler.StepLR(opt_g, c.lr_step, c.lr_gamma)
     return Models(G, D, perceptual, opt_g, opt_d, sched)
 

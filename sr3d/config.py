@@ -14,9 +14,9 @@ from .model import OUT_CONV
 from .prepare import demo_data, read_list
 
 # %% auto #0
-__all__ = ['PRESETS', 'FIELDS', 'RESULT_FIELDS', 'RANGES', 'THESIS_BASELINE', 'THESIS_PATCHES', 'THESIS', 'TrainConfig',
-           'ConfigError', 'check_value', 'data_path', 'check_against_data', 'config_hash', 'run_name', 'make_config',
-           'thesis_values']
+__all__ = ['PRESETS', 'FIELDS', 'RESULT_FIELDS', 'NEUTRAL', 'RANGES', 'THESIS_BASELINE', 'THESIS_PATCHES', 'THESIS',
+           'TrainConfig', 'ConfigError', 'check_value', 'data_path', 'check_against_data', 'config_hash', 'run_name',
+           'make_config', 'thesis_values']
 
 # %% ../nbs/config.ipynb #d0f62f67
 @dataclass
@@ -62,6 +62,9 @@ PRESETS = {
 }
 FIELDS = [f.name for f in fields(TrainConfig)]
 RESULT_FIELDS = [k for k in FIELDS if k not in ('run_dir', 'ckpt_every', 'num_workers', 'vgg_chunk')]  # change results
+# fields added after runs were first recorded, each with the value that computes what sr3d computed before it existed:
+# at that value a field stays out of the configuration hash, so an older run keeps its folder and is not retrained
+NEUTRAL = {}
 
 # %% ../nbs/config.ipynb #2a8f7a02
 class ConfigError(ValueError):
@@ -127,7 +130,8 @@ def check_against_data(c: TrainConfig):
 # %% ../nbs/config.ipynb #c9229caf
 def config_hash(c: TrainConfig) -> str:
     "A short hash of the settings that change results."
-    settings = json.dumps({k: getattr(c, k) for k in RESULT_FIELDS}, sort_keys=True)
+    kept = {k: getattr(c, k) for k in RESULT_FIELDS if k not in NEUTRAL or getattr(c, k) != NEUTRAL[k]}
+    settings = json.dumps(kept, sort_keys=True)
     return hashlib.sha256(settings.encode()).hexdigest()[:8]
 
 def run_name(c: TrainConfig) -> str:

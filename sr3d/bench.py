@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from .core import PLANES, PeakMemory, markdown_table, parse_size, resolve, script, write_text
+from .core import PLANES, PeakMemory, markdown_table, parse_size, portable, resolve, script, write_text
 from .config import THESIS, THESIS_PATCHES, TrainConfig, make_config, thesis_values
 from .data import SCALE, PatchPairs
 from .prepare import demo_data, read_list
@@ -370,7 +370,7 @@ def bench(mode: str = 'full',  # 'quick', 'full' or 'gpu'
                      for r in res['perceptual'] if r['resize'] == resize}
     res['headline'], res['seconds'] = headline(head), time.perf_counter() - t_start
     write_results(res, b.tables, b.out)
-    print(f"\nwrote {b.out/'bench.json'} and {b.out/'bench.md'} ({res['seconds']:.0f} s)")
+    print(f"\nwrote {portable(b.out/'bench.json')} and {portable(b.out/'bench.md')} ({res['seconds']:.0f} s)")
     met = [f"{k}: {v['loss_over_floor']:.2f}x {'met' if v['met'] else 'NOT met'}" for k, v in res['target'].items()]
     print('target, loss / floor <= 1.3: ' + '; '.join(met))
     print(res['headline'], flush=True)

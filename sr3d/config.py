@@ -14,7 +14,7 @@ from .model import OUT_CONV
 from .prepare import demo_data, read_list
 
 # %% auto #0
-__all__ = ['PRESETS', 'FIELDS', 'RESULT_FIELDS', 'NEUTRAL', 'RANGES', 'THESIS_BASELINE', 'THESIS_PATCHES', 'THESIS',
+__all__ = ['PRESETS', 'FIELDS', 'RESULT_FIELDS', 'NEUTRAL', 'NONE_WORDS', 'RANGES', 'THESIS_BASELINE', 'THESIS_PATCHES', 'THESIS',
            'TrainConfig', 'ConfigError', 'check_value', 'data_path', 'check_against_data', 'config_hash', 'run_name',
            'make_config', 'thesis_values']
 
@@ -37,7 +37,7 @@ class TrainConfig:
     batch_size: int = 16  # the global batch, split over the processes
     epochs: int = 200
     lr: float = 2e-4  # Adam learning rate of G (and of D unless d_lr is given)
-    d_lr: float | None = None  # Adam learning rate of D; None: the same as lr (the thesis)
+    d_lr: float | None = None  # Adam learning rate of D; None: the same as lr (the thesis), asked for as 'lr'
     lr_step: int = 70  # G's learning rate is multiplied by lr_gamma every lr_step epochs
     lr_gamma: float = 0.5
     lambda_adv: float = 0.001
@@ -65,6 +65,9 @@ RESULT_FIELDS = [k for k in FIELDS if k not in ('run_dir', 'ckpt_every', 'num_wo
 # fields added after runs were first recorded, each with the value that computes what sr3d computed before it existed:
 # at that value a field stays out of the configuration hash, so an older run keeps its folder and is not retrained
 NEUTRAL = {}
+# fields whose None means something of its own while a preset sets another value: papermill's `-p d_lr None` (and
+# make_config's None) means "the preset's value", so that meaning is asked for by this word instead
+NONE_WORDS = {'d_lr': 'lr'}
 
 # %% ../nbs/config.ipynb #2a8f7a02
 class ConfigError(ValueError):
@@ -140,13 +143,15 @@ def run_name(c: TrainConfig) -> str:
 
 def make_config(preset: str,  # 'demo' or 'paper'
                 check_data: bool = True,  # also run the checks that need the data
-                **overrides,  # any TrainConfig field; None means "the preset's value"
+                **overrides,  # any TrainConfig field; None means "the preset's value" (`NONE_WORDS` spell a None of a field's own)
                ) -> TrainConfig:
     "The preset's configuration with `overrides` applied, fully checked."
     check_value('preset', preset)
     unknown = set(overrides) - set(FIELDS)
     if unknown: raise ConfigError(f"parameters: unknown {sorted(unknown)}")
     c = TrainConfig(**{**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}, 'preset': preset})
+    for k, word in NONE_WORDS.items():
+        if getattr(c, k) == word: setattr(c, k, None)
     for name in RANGES: check_value(name, getattr(c, name))
     try: c.patch = ','.join(map(str, parse_size(c.patch, 'patch')))
     except ValueError as e: raise ConfigError(f"patch: {e}") from e

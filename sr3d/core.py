@@ -13,8 +13,9 @@ from fastcore.docments import docments
 import sr3d
 
 # %% auto #0
-__all__ = ['NIFTI', 'PLANES', 'project_root', 'resolve', 'list_path', 'atomic', 'write_text', 'case_id', 'nifti_files',
-           'parse_size', 'markdown_table', 'PeakMemory', 'cli_parser', 'script']
+__all__ = ['NIFTI', 'PLANES', 'project_root', 'resolve', 'scratch_dir', 'list_path', 'portable', 'recorded_path', 'atomic',
+           'write_text', 'case_id', 'nifti_files', 'parse_size', 'markdown_table', 'PeakMemory', 'cli_parser',
+           'CommandError', 'script']
 
 # %% ../nbs/core.ipynb #2412856a
 def project_root() -> Path:
@@ -27,10 +28,36 @@ def resolve(p) -> Path:
     p = Path(p).expanduser()
     return p if p.is_absolute() else project_root()/p
 
+def scratch_dir() -> Path:
+    "`outputs/scratch/` (git-ignored), made if needed: where examples put throwaway runs whose paths notebooks show."
+    d = project_root()/'outputs'/'scratch'
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
 def list_path(p) -> Path:
     "The list file a prepared data set is named by: `p` itself, or `p/list.csv` when `p` is its folder."
     p = resolve(p)
     return p/'list.csv' if p.is_dir() else p
+
+# %% ../nbs/core.ipynb #3a5d29da
+def portable(p) -> str:
+    "How a record names path `p`: relative to the project root inside it, `~/…` in the home folder, else absolute."
+    p = resolve(p)
+    for q in (Path(os.path.normpath(p)), p.resolve()):  # as written, then with links resolved
+        for base, prefix in ((project_root(), ''), (Path.home(), '~/')):
+            if q.is_relative_to(base): return prefix + q.relative_to(base).as_posix()
+    return str(p)
+
+def recorded_path(p,  # a path as a record holds it (`portable`'s form, or an older record's absolute path)
+                  where: str = 'a record',  # the record and field it was read from, for the error
+                 ) -> Path:
+    "The path a record names, in this checkout; an absolute path that is not here is found at the same place in it."
+    q = resolve(p)
+    if q.exists() or not Path(p).expanduser().is_absolute(): return q
+    for i in range(1, len(q.parts) - 1):  # the longest tail of at least a folder and a name that exists here
+        if (here := project_root().joinpath(*q.parts[i:])).exists(): return here
+    raise FileNotFoundError(f"{where}: {p} does not exist, nor does any tail of it inside this checkout "
+                            f"({project_root()})")
 
 # %% ../nbs/core.ipynb #e9f9531e
 @contextmanager
@@ -151,13 +178,16 @@ def cli_parser(func, prog: str | None = None) -> argparse.ArgumentParser:
 
     return p
 
+class CommandError(RuntimeError):
+    "A failure a command reports in one line (its message says what failed and where to look), not as a traceback."
+
 def script(func, prog: str | None = None):
     "A console-script entry point for `func`: `main(argv=None)` parses the command line and calls `func`."
     prog = prog or func.__name__
     def main(argv=None):
         args = cli_parser(func, prog).parse_args(argv)
         try: result = func(**vars(args))
-        except (ValueError, FileNotFoundError) as e: sys.exit(f'{prog}: {e}')
+        except (ValueError, FileNotFoundError, CommandError) as e: sys.exit(f'{prog}: {e}')
         if result is not None:
             print(result)  # printed, not returned: a console script's return value is its exit status
     main.__doc__, main.__wrapped__ = func.__doc__, func

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from scipy import ndimage
 from tqdm import tqdm  # text progress: no widget in papermill or a terminal
-from .core import PeakMemory, case_id, list_path, nifti_files, script, write_text
+from .core import PeakMemory, case_id, list_path, nifti_files, portable, script, write_text
 from .data import SCALE, DataError, load_volume
 from .prepare import read_list
 from .infer import timed_super_resolve, super_resolve
@@ -196,7 +196,7 @@ def evaluate_generator(g: Generator,  # the generator to evaluate (moved to `dev
     net, status = lpips_model(lpips_weights, device)
     rows = evaluate_method('sr3d', generator_run(g.to(device), tile), cases, net, progress)
     if baselines: rows += baseline_rows(list_file, cases, split, net, status, progress)
-    res = dict(split=split, n_cases=len(cases), list_file=str(list_file), device=str(device), lpips=status,
+    res = dict(split=split, n_cases=len(cases), list_file=portable(list_file), device=str(device), lpips=status,
                metrics_version=METRICS_VERSION, tile=tile,
                memory=PeakMemory(device).how + '; baselines: ' + PeakMemory('cpu').how,
                **summary(rows, 'sr3d'))
@@ -242,7 +242,7 @@ def evaluate_folders(sr_dir, hr_dir,  # folders of SR and HR NIfTI volumes
         if s.shape != h.shape:
             raise DataError(f"case {k}: SR {sr[k]} has shape {s.shape}, HR {hr[k]} has shape {h.shape}")
         rows.append(dict(case_id=k, method=name, **volume_metrics(same_scale(s, h, str(sr[k])), h, net, k)))
-    res = dict(n_cases=len(ids), sr_dir=str(sr_dir), hr_dir=str(hr_dir), lpips=status, metrics_version=METRICS_VERSION,
+    res = dict(n_cases=len(ids), sr_dir=portable(sr_dir), hr_dir=portable(hr_dir), lpips=status, metrics_version=METRICS_VERSION,
                **summary(rows, None))
     return pd.DataFrame(rows), res
 

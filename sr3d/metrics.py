@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from scipy import ndimage, stats
 from skimage.metrics import structural_similarity
-from .core import PLANES
+from .core import PLANES, portable
 from .weights import WeightsError, find_weights, load_features
 
 # %% auto #0
@@ -101,7 +101,7 @@ def lpips_model(weights: str | None = 'imagenet',  # as for `alex_lpips`; None: 
     except (WeightsError, ValueError) as e: return None, dict(available=False, reason=str(e), weights=None)
     if not info.pretrained:
         why = ('random weights were asked for' if info.kind == 'random'
-               else f"{info.path} is not a verified ImageNet AlexNet file (SHA-256 {info.sha256[:8]}...)")
+               else f"{portable(info.path)} is not a verified ImageNet AlexNet file (SHA-256 {info.sha256[:8]}...)")
         reason = f"LPIPS needs ImageNet AlexNet weights: {why}"
         return None, dict(available=False, reason=reason, weights=info.as_dict())
     net, _ = alex_lpips(info.path)

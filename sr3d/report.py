@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import stats
-from .core import markdown_table, write_text
-from .config import THESIS, thesis_values
+from .core import markdown_table, recorded_path, write_text
+from .config import THESIS, data_path, thesis_values
 from .evaluate import BASELINES, DIGITS
 from .metrics import NAMES, bootstrap_ci, paired_wilcoxon
 from .study import LEVERS, Grid, config_name, table_runs
 
 # %% auto #0
-__all__ = ['CLAIMS', 'read_run', 'study_grid', 'collect', 'per_case', 'thesis_row', 'study_table', 'study_header', 'write_tables',
-           'compact_table', 'thesis_table', 'study_minutes', 'lever_effects', 'check_claim', 'claims', 'verdict',
-           'adversarial_weight']
+__all__ = ['CLAIMS', 'read_run', 'run_list_file', 'study_grid', 'collect', 'per_case', 'thesis_row', 'study_table',
+           'study_header', 'write_tables', 'compact_table', 'thesis_table', 'study_minutes', 'lever_effects',
+           'check_claim', 'claims', 'verdict', 'adversarial_weight']
 
 # %% ../nbs/report.ipynb #c6aa2ece
 def read_run(run_dir) -> dict:
@@ -32,6 +32,12 @@ def read_run(run_dir) -> dict:
                 min_per_epoch=s_epoch / 60, hours_total=s_epoch * c['epochs'] / 3600, epochs=c['epochs'],
                 methods=m['methods'], lpips=m['lpips'], n_cases=m['n_cases'], vgg_weights=c['weights'],
                 list_file=cfg['list_file'])
+
+def run_list_file(run: dict,  # from `read_run`
+                 ) -> Path:
+    "The list file a run was trained and evaluated on, in this checkout (the demo data: prepared on first use)."
+    if run['config'].get('data') == 'demo': return data_path('demo')
+    return recorded_path(run['list_file'], f"run {run['name']}, config.json: list_file")
 
 def study_grid(study_dir) -> tuple[Grid, dict]:
     "A study's grid and its `study.json`."

@@ -11,15 +11,15 @@ from dataclasses import dataclass, field, asdict
 from itertools import product
 from pathlib import Path
 from queue import Queue
-import yaml
+import nbformat, yaml
 import sr3d
-from .core import project_root, resolve, script, write_text
+from .core import CommandError, portable, project_root, resolve, script, write_text
 from .config import FIELDS, ConfigError, config_hash, make_config
 
 # %% auto #0
 __all__ = ['GRIDS', 'LEVERS', 'NOTEBOOK', 'SUMMARY', 'study_cli', 'Grid', 'load_grid', 'config_name', 'table_runs', 'grid_runs',
-           'baseline_generator', 'run_settings', 'run_state', 'notebook_error', 'execute', 'study_lock', 'save_state',
-           'plan', 'run_study', 'run_summary', 'sr3d_study']
+           'baseline_generator', 'run_settings', 'run_state', 'notebook_error', 'NotebookFailed', 'failed_copy',
+           'execute', 'study_lock', 'save_state', 'plan', 'run_study', 'run_summary', 'sr3d_study']
 
 # %% ../nbs/study.ipynb #083372ed
 @dataclass
@@ -95,14 +95,14 @@ NOTEBOOK = 'nbs/train.ipynb'
 
 def run_settings(grid: Grid, name: str, settings: dict, study_dir: Path, data=None) -> dict:
     "The full papermill parameters of one run of `grid` inside `study_dir`."
-    p = dict(preset=grid.preset, **grid.overrides, **settings, run_dir=str(study_dir/'runs'/name))
-    if data is not None: p['data'] = str(data)
+    p = dict(preset=grid.preset, **grid.overrides, **settings, run_dir=portable(study_dir/'runs'/name))
+    if data is not None: p['data'] = portable(data)
     return p
 
 def run_state(params: dict) -> tuple[str, str | None]:
     "('finished' | 'interrupted' | 'changed' | 'new', the expected config hash) of the run folder `params` name."
     c = make_config(**params)
-    d, h = Path(c.run_dir), config_hash(c)
+    d, h = resolve(c.run_dir), config_hash(c)
     if not (d/'config.json').exists(): return 'new', h
     if json.loads((d/'config.json').read_text()).get('config_hash') != h: return 'changed', h
     return ('finished' if (d/'metrics.json').exists() else 'interrupted'), h  # metrics.json is written last
@@ -121,18 +121,42 @@ def notebook_error(nb: Path) -> str | None:
             if o.get('output_type') == 'error': return f"{o['ename']}: {o['evalue']}"
     return None
 
-def execute(notebook, out_nb: Path, params: dict, env: dict | None = None, log: Path | None = None):
-    "Run `notebook` (relative to the project root) with `params` into `out_nb` through papermill's command line."
-    pfile = out_nb.with_suffix('.params.yaml')
+class NotebookFailed(CommandError):
+    "A notebook did not execute to the end; the message names the failed copy kept for reading."
+
+def failed_copy(out_nb: Path) -> Path:
+    "Where a failed execution of `out_nb` is kept for reading (never committed: see .gitignore)."
+    return out_nb.with_name(f'{out_nb.stem}.failed.ipynb')
+
+def execute(notebook,  # the notebook to run, relative to the project root
+            out_nb: Path,  # the executed notebook to write; replaced only by an execution without error
+            params: dict,  # papermill parameters
+            env: dict | None = None,  # extra environment variables
+            log: Path | None = None,  # papermill's output goes here
+           ) -> Path:
+    "Run `notebook` with `params` into `out_nb` through papermill's command line; on failure `out_nb` stays as it was."
+    out_nb = Path(out_nb).absolute()
+    tmp, failed = out_nb.with_name(f'.{out_nb.stem}.running.ipynb'), failed_copy(out_nb)
+    pfile = out_nb.with_name(f'.{out_nb.stem}.params.yaml')
     pfile.write_text(yaml.safe_dump(params))
-    cmd = [sys.executable, '-m', 'papermill', str(project_root()/notebook), str(out_nb), '-f', str(pfile),
-           '--cwd', str(project_root()/'nbs'), '--no-progress-bar']
-    with open(log or os.devnull, 'w') as f:
-        p = subprocess.run(cmd, env={**os.environ, **(env or {})}, stdout=f, stderr=subprocess.STDOUT,
-                           preexec_fn=_die_with_parent)
-    pfile.unlink()
+    cmd = [sys.executable, '-m', 'papermill', str(notebook), portable(tmp), '-f', str(pfile), '--cwd', 'nbs',
+           '--no-progress-bar']  # from the project root: the notebook's record names project paths, not this machine's
+    try:
+        with open(log or os.devnull, 'w') as f:
+            p = subprocess.run(cmd, cwd=project_root(), env={**os.environ, **(env or {})}, stdout=f,
+                               stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    finally: pfile.unlink(missing_ok=True)
     if p.returncode != 0:
-        raise RuntimeError(notebook_error(out_nb) or f"papermill exited with {p.returncode}; see {log}")
+        if tmp.exists(): os.replace(tmp, failed)
+        error = notebook_error(failed) or f"papermill exited with {p.returncode}" + (f"; see {portable(log)}" if log else '')
+        kept = f"the failed execution is kept in {portable(failed)}" if failed.exists() else 'nothing was executed'
+        raise NotebookFailed(f"{portable(notebook)}: {error} ({kept}; {portable(out_nb)} was not touched)")
+    nb = nbformat.read(tmp, as_version=4)
+    nb.metadata.papermill.output_path = portable(out_nb)  # the name it is read under, not the temporary one
+    nbformat.write(nb, tmp)
+    os.replace(tmp, out_nb)
+    failed.unlink(missing_ok=True)
+    return out_nb
 
 # %% ../nbs/study.ipynb #341fe88f
 @contextmanager
@@ -143,7 +167,7 @@ def study_lock(out: Path):
         except BlockingIOError: raise ConfigError(f"study: {out} is being run by another process") from None
         yield
 
-def _grid_record(grid: Grid, data) -> dict: return dict(asdict(grid), data=None if data is None else str(data))
+def _grid_record(grid: Grid, data) -> dict: return dict(asdict(grid), data=None if data is None else portable(data))
 
 def save_state(out: Path, state: dict): write_text(out/'study.json', json.dumps(state, indent=1, default=str))
 
@@ -219,8 +243,7 @@ SUMMARY = 'nbs/summary.ipynb'
 def run_summary(study_dir) -> Path:
     "Execute the summary notebook for `study_dir` into `study_dir/summary.ipynb`."
     study_dir = Path(study_dir).absolute()
-    execute(SUMMARY, study_dir/'summary.ipynb', dict(study=str(study_dir)))
-    return study_dir/'summary.ipynb'
+    return execute(SUMMARY, study_dir/'summary.ipynb', dict(study=portable(study_dir)))
 
 # %% ../nbs/study.ipynb #464e2791
 def sr3d_study(preset: str | None = None,  # the preset's grid: 'demo' (this CPU) or 'paper' (the thesis)
@@ -247,7 +270,7 @@ def sr3d_study(preset: str | None = None,  # the preset's grid: 'demo' (this CPU
     runs = json.loads((out/'study.json').read_text())['runs']
     failed = [n for n, r in runs.items() if r['status'] != 'finished']
     failures = f", {len(failed)} failed: {failed}" if failed else ''
-    done = f"study {out}: {len(runs) - len(failed)} runs finished{failures}"
-    return f"{done}\ntables: {out/'tables.md'}; summary: {out/'summary.ipynb'}"
+    done = f"study {portable(out)}: {len(runs) - len(failed)} runs finished{failures}"
+    return f"{done}\ntables: {portable(out/'tables.md')}; summary: {portable(out/'summary.ipynb')}"
 
 study_cli = script(sr3d_study)

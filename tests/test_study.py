@@ -1,8 +1,8 @@
 """The study end to end at tiny scale: runs through papermill, a failure recorded, resume and kill-and-rerun."""
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
-import yaml
-from sr3d.study import Grid, run_study
+import pytest, yaml
+from sr3d.study import NOTEBOOK, SUMMARY, Grid, NotebookFailed, execute, failed_copy, notebook_error, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(nf=8, gc=4, d_nf=4, patches_per_volume=1, batch_size=4, epochs=1, mixed_precision='no')
@@ -63,3 +63,21 @@ def test_two_studies_keep_to_their_folders(tmp_path, small_data):
     run_study(b, tmp_path/'b', data=small_data, summary=False)
     assert json.loads((tmp_path/'a'/'runs'/'vgg0-native-rrdb1-p4x4x3'/'config.json').read_text())['config']['epochs'] == 1
     assert json.loads((tmp_path/'b'/'runs'/'vgg0-native-rrdb1-p4x4x3'/'config.json').read_text())['config']['epochs'] == 2
+
+def test_a_failed_execution_leaves_the_record_it_meant_to_refresh(tmp_path, small_data):
+    "A run notebook or summary that fails keeps the old executed notebook as it was, and names the failed copy."
+    record = '{"cells": [], "the": "committed record"}'
+    for notebook, params in ((SUMMARY, dict(study=str(tmp_path/'no-study'))),
+                             (NOTEBOOK, dict(patch='99,99,99', data=small_data, run_dir=str(tmp_path/'run')))):
+        out = tmp_path/f'{Path(notebook).stem}.ipynb'
+        out.write_text(record)
+        with pytest.raises(NotebookFailed) as e: execute(notebook, out, params)
+        assert out.read_text() == record, f'{notebook}: the failed execution replaced the record'
+        failed = failed_copy(out)
+        assert failed.name in str(e.value) and notebook_error(failed) is not None
+        assert not list(tmp_path.glob('.*.running.ipynb'))
+    assert 'larger than the LR volume' in str(e.value)
+    execute(NOTEBOOK, out, dict(TINY, **BASE, data=small_data, run_dir=str(tmp_path/'run')))  # now it runs
+    nb = json.loads(out.read_text())
+    assert nb['metadata']['papermill']['output_path'] == str(out) and notebook_error(out) is None
+    assert not failed_copy(out).exists(), 'a stale failed copy outlived the successful execution'

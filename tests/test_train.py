@@ -37,6 +37,22 @@ def test_papermill_invalid_parameter_stops_before_training(tmp_path, small_data)
                             parameters=dict(patch='99,99,99', run_dir=str(tmp_path/'run'), data=small_data))
     assert not (tmp_path/'run').exists()
 
+def test_papermill_refuses_a_precision_the_device_cannot_run(tmp_path, small_data):
+    "fp16 on a CPU would train in float32 while the record says fp16: refused by name, before the run folder exists."
+    if torch.cuda.is_available(): pytest.skip('a CUDA device computes fp16')
+    with pytest.raises(pm.PapermillExecutionError, match="mixed_precision: 'fp16' cannot run on a CPU"):
+        pm.execute_notebook(ROOT/'nbs/train.ipynb', tmp_path/'out.ipynb', cwd=ROOT/'nbs', progress_bar=False,
+                            parameters=dict(mixed_precision='fp16', run_dir=str(tmp_path/'run'), data=small_data))
+    assert not (tmp_path/'run').exists()
+
+def test_d_lr_says_what_it_does():
+    "`-p d_lr None` is the preset's value (as every None parameter is); the thesis's 'same as lr' is asked for as 'lr'."
+    preset = T.make_config('demo', check_data=False)
+    assert preset.d_lr is not None and preset.d_lr != preset.lr, 'the demo preset gives D a learning rate of its own'
+    for d_lr, want in ((None, preset.d_lr), ('lr', preset.lr), (1e-3, 1e-3)):
+        c = T.make_config('demo', check_data=False, d_lr=d_lr)
+        assert T.build(c).opt_d.param_groups[0]['lr'] == want
+
 def _ddp_step(out: str):
     "Run in each of two processes by Accelerate's debug launcher: one training step on different data per process."
     from accelerate import Accelerator

@@ -2,8 +2,8 @@
 # then the paper preset is trained and evaluated through sr3d (paper_train.py), then sr3d_bench --gpu.
 # Run from the repository root with OUT set to a folder for the results.
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --target .site .whl/*.whl || exit 1
+export PYTHONPATH=$PWD/.site:$PWD PYTHONUNBUFFERED=1
 L=$OUT/all.log
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv | tee -a $L
 python3 -c "import torch, accelerate; print('torch', torch.__version__, 'accelerate', accelerate.__version__, torch.cuda.get_device_name(0))" | tee -a $L

@@ -7,8 +7,8 @@
 # minutes): the paper step's variants with today's code path as the `before` row, the generator's backward over its
 # forward, the step's kernels, and two real epochs of the paper preset. Copy them to outputs/bench/gpu/ to commit.
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --target .site .whl/*.whl || exit 1
+export PYTHONPATH=$PWD/.site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv
 timeout 440 python3 -m sr3d.bench --gpu --no-compile --out $OUT/gpu > $OUT/bench.log 2>&1
 echo "sr3d_bench --gpu exit $?"

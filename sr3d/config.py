@@ -10,7 +10,7 @@ from pathlib import Path
 from .core import list_path, parse_size
 from .data import SCALE, DataError, PatchPairs
 from .losses import check_slices
-from .model import OUT_CONV
+from .model import OUT_CONV, UP_INIT
 from .prepare import demo_data, read_list
 
 # %% auto #0
@@ -52,6 +52,8 @@ class TrainConfig:
     num_workers: int = 4  # DataLoader worker processes
     vgg_chunk: int | None = None  # at most this many VGG images per call (memory, not results)
     out_conv: str = 'conv'  # how the generator computes its last convolution: 'conv', 'fp32' or 'shift' (sr3d.model)
+    up_init: str = 'icnr'  # how the convolutions before each voxel shuffle start: 'icnr' or 'plain' (sr3d.model)
+    ema: float | None = None  # decay of an exponential moving average of G's weights, evaluated and released; None: off
     run_dir: str | None = None  # the run's folder; None names it from the configuration
 
 PRESETS = {
@@ -64,10 +66,10 @@ FIELDS = [f.name for f in fields(TrainConfig)]
 RESULT_FIELDS = [k for k in FIELDS if k not in ('run_dir', 'ckpt_every', 'num_workers', 'vgg_chunk')]  # change results
 # fields added after runs were first recorded, each with the value that computes what sr3d computed before it existed:
 # at that value a field stays out of the configuration hash, so an older run keeps its folder and is not retrained
-NEUTRAL = {}
+NEUTRAL = {'up_init': 'plain', 'ema': None}
 # fields whose None means something of its own while a preset sets another value: papermill's `-p d_lr None` (and
 # make_config's None) means "the preset's value", so that meaning is asked for by this word instead
-NONE_WORDS = {'d_lr': 'lr'}
+NONE_WORDS = {'d_lr': 'lr', 'ema': 'off'}
 
 # %% ../nbs/config.ipynb #2a8f7a02
 class ConfigError(ValueError):
@@ -81,7 +83,7 @@ RANGES = {  # field -> (least, most, *other allowed values) for numbers (None: u
     'lambda_adv': (0, None), 'lambda_vgg': (0, None),
     'num_processes': (1, None), 'seed': (0, None), 'ckpt_every': (1, None), 'num_workers': (0, None),
     'interp_residual': (False, True), 'patch_mode': ('fixed', 'random'), 'preset': tuple(PRESETS), 'out_conv': OUT_CONV,
-    'mixed_precision': ('auto', 'bf16', 'fp16', 'no'),
+    'mixed_precision': ('auto', 'bf16', 'fp16', 'no'), 'up_init': UP_INIT, 'ema': (0.0, 0.99999, None),
 }
 
 def _rule(name: str) -> str:

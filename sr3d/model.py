@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from .core import atomic
 
 # %% auto #0
-__all__ = ['OUT_CONV', 'voxel_shuffle', 'voxel_unshuffle', 'conv3', 'esrgan_init', 'DenseBlock', 'RRDB', 'single_channel_conv',
-           'Generator', 'count_params', 'generator_params', 'intensity_record', 'generator_record', 'save_generator',
-           'load_generator', 'Discriminator']
+__all__ = ['OUT_CONV', 'UP_INIT', 'voxel_shuffle', 'voxel_unshuffle', 'conv3', 'esrgan_init', 'DenseBlock', 'RRDB',
+           'single_channel_conv', 'icnr_', 'Generator', 'count_params', 'generator_params', 'intensity_record',
+           'generator_record', 'save_generator', 'load_generator', 'Discriminator']
 
 # %% ../nbs/model.ipynb #448a96d7
 def voxel_shuffle(x: torch.Tensor,  # (B, C·r³, D, H, W)
@@ -83,6 +83,17 @@ def single_channel_conv(f: torch.Tensor,  # (B, C, D, H, W) features
     return sum(shifted) + conv.bias.float().view(1, 1, 1, 1, 1)
 
 # %% ../nbs/model.ipynb #51c8fb78
+UP_INIT = ('icnr', 'plain')  # how the convolutions before each voxel shuffle start
+
+def icnr_(conv: nn.Conv3d,  # a convolution whose output `voxel_shuffle` rearranges
+          r: int = 2,  # the shuffle's factor per axis
+         ):
+    "ICNR (Aitken et al., 2017): the r³ channels shuffled into one r-block start equal: nearest-neighbour upsampling."
+    sub = nn.Conv3d(conv.in_channels, conv.out_channels // r**3, conv.kernel_size, conv.stride, conv.padding)
+    with torch.no_grad():  # sub holds PyTorch's default initialisation, with the same fan-in as conv
+        conv.weight.copy_(sub.weight.repeat_interleave(r**3, 0))
+        conv.bias.copy_(sub.bias.repeat_interleave(r**3))
+
 class Generator(nn.Module):
     "3D RRDB-Net for x4 super-resolution of single-channel volumes."
     def __init__(self, nf: int = 64,  # feature channels
@@ -90,10 +101,12 @@ class Generator(nn.Module):
                  n_rrdb: int = 10,  # RRDBs in the trunk
                  scale: int = 4,  # upscaling factor, a power of 2
                  interp_residual: bool = False,  # add trilinear(input) to the output (not in the thesis)
-                 out_conv: str = 'conv'):  # how Conv_out is computed (`OUT_CONV`); not part of the architecture
+                 out_conv: str = 'conv',  # how Conv_out is computed (`OUT_CONV`); not part of the architecture
+                 up_init: str = 'icnr'):  # how the upsampling convolutions start (`UP_INIT`); not part of the architecture
         super().__init__()
         if scale < 2 or scale & (scale - 1): raise ValueError(f"scale must be a power of 2, got {scale}")
         if out_conv not in OUT_CONV: raise ValueError(f"out_conv must be one of {OUT_CONV}, got {out_conv!r}")
+        if up_init not in UP_INIT: raise ValueError(f"up_init must be one of {UP_INIT}, got {up_init!r}")
         self.config = dict(nf=nf, gc=gc, n_rrdb=n_rrdb, scale=scale, interp_residual=interp_residual)
         self.out_conv = out_conv
 
@@ -101,6 +114,8 @@ class Generator(nn.Module):
         self.trunk = nn.Sequential(*[RRDB(nf, gc) for _ in range(n_rrdb)])
         self.conv_trunk = conv3(nf, nf)
         self.ups = nn.ModuleList([conv3(nf, nf * 8) for _ in range(scale.bit_length() - 1)])
+        if up_init == 'icnr':
+            for up in self.ups: icnr_(up)
         self.conv_out = conv3(nf, 1)
         if interp_residual: esrgan_init([self.conv_out], 0.1)  # start close to the interpolation itself
 

@@ -17,9 +17,10 @@ from .core import CommandError, portable, project_root, resolve, script, write_t
 from .config import FIELDS, ConfigError, config_hash, make_config
 
 # %% auto #0
-__all__ = ['GRIDS', 'LEVERS', 'NOTEBOOK', 'SUMMARY', 'study_cli', 'Grid', 'load_grid', 'config_name', 'table_runs', 'grid_runs',
-           'baseline_generator', 'run_settings', 'run_state', 'notebook_error', 'NotebookFailed', 'failed_copy',
-           'execute', 'study_lock', 'save_state', 'plan', 'run_study', 'run_summary', 'sr3d_study']
+__all__ = ['GRIDS', 'LEVERS', 'NOTEBOOK', 'SUMMARY', 'study_cli', 'Grid', 'load_grid', 'config_name', 'table_rows',
+           'table_changes', 'table_levers', 'table_runs', 'grid_runs', 'baseline_generator', 'run_settings',
+           'run_state', 'notebook_error', 'NotebookFailed', 'failed_copy', 'execute', 'study_lock', 'save_state',
+           'grows', 'plan', 'run_study', 'run_summary', 'sr3d_study']
 
 # %% ../nbs/study.ipynb #083372ed
 @dataclass
@@ -71,10 +72,22 @@ def config_name(settings: dict) -> str:
     parts += [f"{k}{v}" for k, v in sorted(settings.items()) if k not in LEVERS]
     return '-'.join(p for p in parts if p)
 
+def table_rows(table: dict | list) -> list[dict]:
+    "Each run of a table as its changes to the baseline: a `{parameter: [values]}` table's product, or a list's rows."
+    if isinstance(table, list): return [dict(row) for row in table]
+    return [dict(zip(table, values)) for values in product(*table.values())]
+
+def table_changes(grid: Grid, title: str) -> list[dict]:
+    "The changes to the baseline of each run of one of `grid`'s tables, in order."
+    return table_rows(grid.tables[title])
+
+def table_levers(grid: Grid, title: str) -> list[str]:
+    "The parameters one table changes, in order."
+    return list(dict.fromkeys(k for row in table_changes(grid, title) for k in row))
+
 def table_runs(grid: Grid, title: str) -> list[dict]:
     "The settings of every run of one table, in the table's order."
-    t = grid.tables[title]
-    return [{**grid.baseline, **dict(zip(t, values))} for values in product(*t.values())]
+    return [{**grid.baseline, **changes} for changes in table_changes(grid, title)]
 
 def grid_runs(grid: Grid) -> dict[str, dict]:
     "name -> settings for every distinct run of the grid, the baseline first."
@@ -171,11 +184,18 @@ def _grid_record(grid: Grid, data) -> dict: return dict(asdict(grid), data=None 
 
 def save_state(out: Path, state: dict): write_text(out/'study.json', json.dumps(state, indent=1, default=str))
 
+def grows(old: dict, new: dict) -> bool:
+    "Whether grid record `new` is `old` with tables (or a table's rows) added: the same study, resumed and grown."
+    same = all(old.get(k) == new.get(k) for k in new if k != 'tables')
+    return same and all(t in new['tables'] and all(r in table_rows(new['tables'][t]) for r in table_rows(old['tables'][t]))
+                        for t in old['tables'])
+
 def plan(grid: Grid, out: Path, data=None) -> tuple[dict, list]:
     "The study's state (study.json, updated) and the `(name, params)` of every run still to do."
     state = json.loads((out/'study.json').read_text()) if (out/'study.json').exists() else {}
-    if state and state['grid'] != _grid_record(grid, data):
-        raise ConfigError(f"study: {out} holds a study of a different grid; choose another --out")
+    if state and not grows(state['grid'], _grid_record(grid, data)):
+        raise ConfigError(f"study: {out} holds a study of a different grid (not this one with tables added); "
+                          "choose another --out")
     state.update(grid=_grid_record(grid, data), sr3d=sr3d.__version__)
     runs, todo = state.setdefault('runs', {}), []
     for name, settings in grid_runs(grid).items():

@@ -4,7 +4,7 @@
 
 # %% ../nbs/train.ipynb #83c3c753
 from __future__ import annotations
-import fcntl, importlib.metadata, json, math, platform, random, subprocess, sys, time
+import copy, fcntl, importlib.metadata, json, math, platform, random, subprocess, sys, time
 from contextlib import nullcontext
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -27,9 +27,9 @@ from .weights import find_weights
 
 # %% auto #0
 __all__ = ['STEP_PARTS', 'cpu_model', 'cpu_name', 'provenance', 'resolve_precision', 'open_run', 'load_config', 'epoch_batches',
-           'EpochBatches', 'batch_readings', 'Models', 'build', 'NonFiniteLoss', 'train_step', 'rng_states',
-           'set_rng_states', 'save_checkpoint', 'load_checkpoint', 'autocast_dtype', 'write_log', 'reset_accelerate',
-           'train', 'launch', 'main', 'plot_log']
+           'EpochBatches', 'batch_readings', 'Models', 'build', 'NonFiniteLoss', 'train_step', 'update_ema',
+           'rng_states', 'set_rng_states', 'save_checkpoint', 'load_checkpoint', 'autocast_dtype', 'write_log',
+           'reset_accelerate', 'train', 'launch', 'main', 'plot_log']
 
 # %% ../nbs/train.ipynb #4e3d6953
 def cpu_model() -> str:
@@ -148,13 +148,14 @@ class Models:
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
+    ema: torch.nn.Module | None = None  # the moving average of G's weights (`c.ema`), or None
 
 def build(c: TrainConfig,  # the configuration
           device='cpu',  # where the perceptual loss's VGG goes (Accelerate moves G and D)
          ) -> Models:
     "G, D, the perceptual loss, both optimisers and G's scheduler for `c`, initialised from `c.seed`."
     torch.manual_seed(c.seed)  # the same initial weights in every process
-    G = Generator(c.nf, c.gc, c.n_rrdb, interp_residual=c.interp_residual, out_conv=c.out_conv)
+    G = Generator(c.nf, c.gc, c.n_rrdb, interp_residual=c.interp_residual, out_conv=c.out_conv, up_init=c.up_init)
     D = Discriminator(c.n_classes, c.d_nf)
     perceptual = None
     if c.vgg_n != 0:
@@ -163,7 +164,8 @@ def build(c: TrainConfig,  # the configuration
     opt_g = torch.optim.Adam(G.parameters(), c.lr, betas=(0.9, 0.99))
     opt_d = torch.optim.Adam(D.parameters(), c.d_lr or c.lr, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.StepLR(opt_g, c.lr_step, c.lr_gamma)
-    return Models(G, D, perceptual, opt_g, opt_d, sched)
+    ema = copy.deepcopy(G).requires_grad_(False) if c.ema is not None else None  # starts as G
+    return Models(G, D, perceptual, opt_g, opt_d, sched, ema)
 
 # %% ../nbs/train.ipynb #8135039f
 class NonFiniteLoss(RuntimeError):
@@ -201,8 +203,18 @@ def train_step(m: Models,  # from `build`, prepared by Accelerate
     with clock('G backward'):
         m.opt_g.zero_grad(set_to_none=True)
         acc.backward(terms['total'])
-    with clock('G optimiser'): m.opt_g.step()
+    with clock('G optimiser'):
+        m.opt_g.step()
+        if m.ema is not None: update_ema(m.ema, acc.unwrap_model(m.G), c.ema)
     return stats
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module,  # the average, updated in place
+               g: torch.nn.Module,  # the network it follows
+               decay: float,  # the weight of the old average
+              ):
+    "ema ← decay·ema + (1 − decay)·g, for every parameter (the generator has no buffers)."
+    for e, p in zip(ema.parameters(), g.parameters()): e.lerp_(p.detach(), 1 - decay)
 
 def _check_finite(stats: dict, acc: Accelerator) -> dict[str, float]:
     "Average `stats` over processes; raise `NonFiniteLoss` (on every process) if any is not finite."
@@ -234,7 +246,7 @@ def save_checkpoint(path, epoch: int, m: Models, acc: Accelerator, c: TrainConfi
     ck = dict(epoch=epoch, config=asdict(c), generator=generator_record(acc.unwrap_model(m.G), intensity),
               discriminator=acc.unwrap_model(m.D).state_dict(), opt_g=m.opt_g.state_dict(), opt_d=m.opt_d.state_dict(),
               sched_g=m.sched.state_dict(), scaler=acc.scaler.state_dict() if acc.scaler is not None else None,
-              rng=rng_states(), log=log)
+              ema=m.ema.state_dict() if m.ema is not None else None, rng=rng_states(), log=log)
     with atomic(path) as tmp: torch.save(ck, tmp)
 
 def load_checkpoint(path, m: Models, acc: Accelerator) -> tuple[int, list]:
@@ -246,6 +258,7 @@ def load_checkpoint(path, m: Models, acc: Accelerator) -> tuple[int, list]:
     m.opt_d.load_state_dict(ck['opt_d'])
     m.sched.load_state_dict(ck['sched_g'])
     if ck['scaler'] is not None and acc.scaler is not None: acc.scaler.load_state_dict(ck['scaler'])
+    if m.ema is not None: m.ema.load_state_dict(ck['ema'])
     set_rng_states(ck['rng'])
     return ck['epoch'], ck['log']
 
@@ -291,6 +304,7 @@ def _train(c: TrainConfig, acc: Accelerator) -> Path:
                                          pin_memory=acc.device.type == 'cuda', **workers)
     m = build(c, acc.device)
     m.G, m.D, m.opt_g, m.opt_d = acc.prepare(m.G, m.D, m.opt_g, m.opt_d)
+    if m.ema is not None: m.ema.to(acc.device)
     start, log = load_checkpoint(ckpt, m, acc) if ckpt.exists() else (0, [])
     if acc.is_main_process:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -330,9 +344,10 @@ def _train(c: TrainConfig, acc: Accelerator) -> Path:
         bar.update(1)
         bar.set_postfix(total=f"{row['total']:.4f}", s_per_epoch=f"{seconds:.1f}")
     bar.close()
-    if acc.is_main_process and not (run_dir/'generator.pt').exists():
-        save_generator(acc.unwrap_model(m.G), run_dir/'generator.pt', intensity, epochs=c.epochs,
-                       config_hash=config_hash(c))
+    if acc.is_main_process and not (run_dir/'generator.pt').exists():  # the average, when the run keeps one
+        released = acc.unwrap_model(m.G) if m.ema is None else m.ema
+        save_generator(released, run_dir/'generator.pt', intensity, epochs=c.epochs, config_hash=config_hash(c),
+                       weights='last' if m.ema is None else f'ema (decay {c.ema})')
 
     acc.wait_for_everyone()
     return run_dir

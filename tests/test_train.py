@@ -82,7 +82,8 @@ def test_launch_two_processes(tmp_path, small_data):
     assert torch.load(run/'checkpoints/last.pt', weights_only=True)['epoch'] == 1
 
 def test_kill_and_resume_gives_identical_weights(tmp_path, small_data):
-    kw = dict(TINY, epochs=8, ckpt_every=1, data=small_data)
+    "A run killed mid-way and resumed ends with the weights of an uninterrupted one, its moving average (ema) included."
+    kw = dict(TINY, epochs=8, ckpt_every=1, data=small_data, ema=0.9)
     ref = run_py(LAUNCH, json.dumps(dict(kw, run_dir=str(tmp_path/'ref'))), stderr=subprocess.DEVNULL)
     assert ref.wait(timeout=600) == 0
     args = json.dumps(dict(kw, run_dir=str(tmp_path/'cut')))
@@ -93,9 +94,9 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, small_data):
     p.send_signal(signal.SIGKILL); p.wait()
     assert not (tmp_path/'cut'/'generator.pt').exists(), 'the run finished before it could be killed'
     assert run_py(LAUNCH, args, stderr=subprocess.DEVNULL).wait(timeout=600) == 0
-    a = torch.load(tmp_path/'ref/generator.pt', weights_only=True)['state_dict']
-    b = torch.load(tmp_path/'cut/generator.pt', weights_only=True)['state_dict']
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (torch.load(tmp_path/d/'generator.pt', weights_only=True) for d in ('ref', 'cut'))
+    assert a['meta']['weights'] == 'ema (decay 0.9)'
+    assert all(torch.equal(a['state_dict'][k], b['state_dict'][k]) for k in a['state_dict'])
     assert (tmp_path/'ref/log.csv').read_text().splitlines()[1:] != []
     ref_log, cut_log = (np.genfromtxt(tmp_path/d/'log.csv', delimiter=',', names=True) for d in ('ref', 'cut'))
     np.testing.assert_array_equal(ref_log['total'], cut_log['total'])

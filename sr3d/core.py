@@ -14,8 +14,8 @@ import sr3d
 
 # %% auto #0
 __all__ = ['NIFTI', 'PLANES', 'project_root', 'resolve', 'scratch_dir', 'list_path', 'portable', 'recorded_path', 'atomic',
-           'write_text', 'case_id', 'nifti_files', 'parse_size', 'markdown_table', 'PeakMemory', 'cli_parser',
-           'CommandError', 'script']
+           'write_text', 'case_id', 'nifti_files', 'shared_ids', 'case_files', 'pair_cases', 'checked_all',
+           'parse_size', 'markdown_table', 'PeakMemory', 'cli_parser', 'CommandError', 'script']
 
 # %% ../nbs/core.ipynb #2412856a
 def project_root() -> Path:
@@ -84,7 +84,7 @@ NIFTI = ('.nii.gz', '.nii')
 def case_id(path) -> str:
     "A NIfTI file's case id: its name without extension and without a trailing `_sr`, `_hr` or `_lr`."
     name = Path(path).name
-    stem = next((name[:-len(e)] for e in NIFTI if name.endswith(e)), name)
+    stem = next((name[:-len(e)] for e in NIFTI if name.lower().endswith(e)), name)
     return stem[:-3] if stem.endswith(('_sr', '_hr', '_lr')) else stem
 
 def nifti_files(folder,  # a folder of volumes
@@ -93,9 +93,54 @@ def nifti_files(folder,  # a folder of volumes
     "The NIfTI files of `folder` matching `pattern`, sorted, hidden files left out; an error when there are none."
     folder = Path(folder)
     if not folder.is_dir(): raise ValueError(f"{folder}: folder not found")
-    files = sorted(p for p in folder.glob(pattern) if p.name.endswith(NIFTI) and not p.name.startswith('.'))
+    files = sorted(p for p in folder.glob(pattern)
+                   if p.name.lower().endswith(NIFTI) and not p.name.startswith('.') and p.is_file())
     if not files: raise ValueError(f"{folder}: no .nii or .nii.gz files matching {pattern!r}")
     return files
+
+# %% ../nbs/core.ipynb #fc4e16c4
+def shared_ids(named: list,  # `(case id, file name)` pairs
+              ) -> str:
+    "The case ids that more than one file has, with the files, in words; '' when every id is one file's."
+    by_id = {}
+    for k, name in named: by_id.setdefault(k, []).append(str(name))
+    shared = {k: v for k, v in by_id.items() if len(v) > 1}
+    which = '; '.join(f"{k!r}: {' and '.join(v)}" for k, v in shared.items())
+    return f'{len(shared)} case id(s) name more than one file ({which})' if shared else ''
+
+def case_files(folder,  # a folder of NIfTI files
+               pattern: str = '*',  # which files to take (shell glob)
+              ) -> dict[str, Path]:
+    "`{case id: file}` of every NIfTI file in `folder` matching `pattern`; an error naming the files that share an id."
+    files = nifti_files(folder, pattern)
+    if (why := shared_ids([(case_id(p), p.name) for p in files])):
+        raise ValueError(f"{folder}: {why}; keep one file per case")
+    return {case_id(p): p for p in files}
+
+def pair_cases(a: dict,  # `{case id: file}` of one side (`case_files`)
+               b: dict,  # the same of the other side
+               names=('SR', 'HR'),  # what the two sides are called in an error
+              ) -> list[str]:
+    "The sorted case ids of `a` and `b`; an error naming the cases that are on one side only."
+    (na, nb), missing, extra = names, sorted(set(b) - set(a)), sorted(set(a) - set(b))
+    if missing or extra:
+        raise ValueError(f"{na} and {nb} do not pair up: {len(missing)} {nb} case(s) without {na} {missing[:5]}, "
+                         f"{len(extra)} {na} case(s) without {nb} {extra[:5]}")
+    return sorted(a)
+
+# %% ../nbs/core.ipynb #0daf5573
+def checked_all(func,  # item -> result; raises ValueError naming the item when it is refused
+                items: list,  # what to check (files, cases)
+                what: str = 'input(s)',  # what the items are, for the error
+               ) -> list:
+    "`[func(x) for x in items]`, or one error listing every item `func` refused, with its reason."
+    results, refused = [], []
+    for x in items:
+        try: results.append(func(x))
+        except ValueError as e: refused.append(str(e))
+    if refused:
+        raise ValueError(f"{len(refused)} of {len(items)} {what} refused:\n" + '\n'.join(f'  {r}' for r in refused))
+    return results
 
 # %% ../nbs/core.ipynb #ae984d9f
 PLANES = {'xy': 2, 'xz': 1, 'yz': 0}  # plane -> the axis of an (X, Y, Z) array that its slices are taken along

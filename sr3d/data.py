@@ -6,14 +6,15 @@
 from __future__ import annotations
 from pathlib import Path
 import nibabel as nib
+from nibabel.orientations import aff2axcodes, apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
 import numpy as np
 import torch
 import matplotlib.pyplot as plt
 from .core import atomic, parse_size
 
 # %% auto #0
-__all__ = ['SCALE', 'DataError', 'load_volume', 'save_volume', 'pool', 'lr_affine', 'fit_to_multiple', 'normalise', 'hr_over_lr',
-           'show_pair', 'PatchPairs']
+__all__ = ['SCALE', 'GRID_TOL', 'DataError', 'load_volume', 'grid_difference', 'save_volume', 'reorient', 'to_grid', 'pool',
+           'lr_affine', 'fit_to_multiple', 'normalise', 'hr_over_lr', 'show_pair', 'PatchPairs']
 
 # %% ../nbs/data.ipynb #b3734216
 SCALE = 4  # the thesis's x4 super-resolution, on every axis
@@ -46,15 +47,70 @@ def load_volume(path,  # a NIfTI file (.nii or .nii.gz)
         raise DataError(f"{path}: {int((~np.isfinite(data)).sum())} voxels are NaN or Inf")
     return data, img.affine.astype(np.float64)
 
+# %% ../nbs/data.ipynb #a21fc1a8
+GRID_TOL = 1e-3  # affines that agree within this fraction of a voxel (each axis and the origin) are one grid
+
+def _vec(v) -> str: return '(' + ', '.join(f'{x:.4g}' for x in v) + ')'
+
+def _axes_apart(a: np.ndarray, b: np.ndarray) -> float:
+    "The largest angle, in degrees, between the corresponding voxel axes of affines `a` and `b`."
+    ua, ub = (m[:3, :3] / np.linalg.norm(m[:3, :3], axis=0) for m in (a, b))
+    return float(np.degrees(np.arccos(np.clip((ua * ub).sum(0), -1, 1))).max())
+
+def grid_difference(a: np.ndarray,  # 4x4 affine of one grid
+                    b: np.ndarray,  # 4x4 affine of the reference grid
+                   ) -> str:
+    "How the grid of affine `a` differs from that of `b`, in words; '' when they agree within `GRID_TOL` voxels."
+    off = np.linalg.inv(b) @ a - np.eye(4)  # in voxels of `b`
+    if np.abs(off).max() <= GRID_TOL: return ''
+    za, zb = (np.linalg.norm(m[:3, :3], axis=0) for m in (a, b))
+    angle = _axes_apart(a, b)
+    parts = [f'voxel sizes {_vec(za)} vs {_vec(zb)} mm' if np.abs(za / zb - 1).max() > GRID_TOL else '',
+             f'axes up to {angle:.3g}° apart' if angle > np.degrees(GRID_TOL) else '',
+             f'origins {_vec(a[:3, 3] - b[:3, 3])} mm apart' if np.abs(off[:3, 3]).max() > GRID_TOL else '']
+    return '; '.join(p for p in parts if p) or f'affines up to {np.abs(off).max():.3g} voxels apart'
+
 # %% ../nbs/data.ipynb #da3ef0fa
 def save_volume(arr: np.ndarray,  # 3D voxels, written as float32
                 affine: np.ndarray,  # 4x4 voxel-to-world matrix
                 path):  # destination .nii or .nii.gz
-    "Write `arr` as a float32 NIfTI whose sform and qform are `affine`, atomically."
-    img = nib.Nifti1Image(np.asarray(arr, dtype=np.float32), affine)
+    "Write `arr` as float32 NIfTI, atomically: sform `affine`, qform the same unless no qform can hold it (a shear)."
+    img = nib.Nifti1Image(np.asarray(arr, dtype=np.float32), None)
     img.set_sform(affine, code=1)
     img.set_qform(affine, code=1)
+    if grid_difference(img.get_qform(), affine): img.set_qform(None, code=0)  # a shear: a qform would be another grid
     with atomic(path) as tmp: nib.save(img, str(tmp))
+
+# %% ../nbs/data.ipynb #8d65bec6
+def reorient(vol: np.ndarray,  # 3D voxels
+             affine: np.ndarray,  # their 4x4 affine
+             target: np.ndarray,  # the 4x4 affine whose axis order `vol` is brought into
+             name: str = 'volume',  # the file of `vol`, named in an error
+             target_name: str = 'reference',  # the file `target` belongs to
+            ) -> tuple[np.ndarray, np.ndarray]:
+    "`vol` and its affine, axes flipped and permuted exactly into `target`'s order; an error when they cannot be."
+    t = ornt_transform(io_orientation(affine), io_orientation(target))
+    out, moved = np.ascontiguousarray(apply_orientation(vol, t)), affine @ inv_ornt_aff(t, vol.shape)
+    if (angle := _axes_apart(moved, target)) > np.degrees(GRID_TOL):
+        raise DataError(f"{name} ({''.join(aff2axcodes(affine))}) cannot be brought into the axis order of "
+                        f"{target_name} ({''.join(aff2axcodes(target))}) by flips and permutations: its axes are up to "
+                        f"{angle:.3g}° apart from them (an oblique difference needs resampling)")
+    return out, moved
+
+def to_grid(vol: np.ndarray,  # 3D voxels
+            affine: np.ndarray,  # their 4x4 affine
+            shape: tuple,  # the target grid's shape
+            target: np.ndarray,  # the target grid's 4x4 affine
+            name: str = 'volume',  # the file of `vol`, named in an error
+            target_name: str = 'reference',  # the file the target grid belongs to
+           ) -> np.ndarray:
+    "`vol` on the grid (`shape`, `target`), its axes flipped and permuted exactly; an error if it is another grid."
+    out, moved = reorient(vol, affine, target, name, target_name)
+    why = grid_difference(moved, target) if out.shape == tuple(shape) else f'shapes {out.shape} vs {tuple(shape)}'
+    if why:
+        raise DataError(f"{name} ({''.join(aff2axcodes(affine))}) is not on the grid of {target_name} "
+                        f"({''.join(aff2axcodes(target))}) up to flipped or permuted axes: {why}")
+    return out
 
 # %% ../nbs/data.ipynb #92e01e9c
 def pool(hr: np.ndarray,  # 3D volume, each side a multiple of `s`
@@ -77,12 +133,13 @@ def lr_affine(hr_affine: np.ndarray,  # 4x4 affine of the HR volume
 def fit_to_multiple(vol: np.ndarray,  # 3D volume
                     s: int = SCALE,  # every side becomes a multiple of this
                     mode: str = 'pad',  # 'pad' with zeros or 'crop', at the end of each axis
+                    name: str = 'fit_to_multiple',  # what to name in an error (the volume's file)
                    ) -> np.ndarray:
     "`vol` padded or cropped at the end of each axis to sides that are multiples of `s`."
     if mode == 'pad': return np.pad(vol, [(0, -n % s) for n in vol.shape])
     if mode == 'crop':
         if any(n < s for n in vol.shape):
-            raise DataError(f"fit_to_multiple: shape {vol.shape} has a side shorter than {s}")
+            raise DataError(f"{name}: shape {vol.shape} has a side shorter than {s}, nothing is left after cropping")
         return vol[tuple(slice(0, n - n % s) for n in vol.shape)]
     raise DataError(f"fit_to_multiple: mode must be 'pad' or 'crop', got {mode!r}")
 

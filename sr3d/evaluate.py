@@ -11,8 +11,8 @@ import pandas as pd
 import torch
 from scipy import ndimage
 from tqdm import tqdm  # text progress: no widget in papermill or a terminal
-from .core import PeakMemory, case_id, list_path, nifti_files, portable, script, write_text
-from .data import SCALE, DataError, load_volume
+from .core import PeakMemory, case_files, checked_all, list_path, pair_cases, portable, script, write_text
+from .data import SCALE, DataError, load_volume, to_grid
 from .prepare import read_list
 from .infer import timed_super_resolve, super_resolve
 from .metrics import METRICS_VERSION, NAMES, lpips_model, paired_wilcoxon, same_scale, summarise, volume_metrics
@@ -21,7 +21,7 @@ from .model import Generator
 # %% auto #0
 __all__ = ['BASELINES', 'SPLINE_ORDER', 'COLUMNS', 'DIGITS', 'eval_cli', 'keys_matrix', 'interpolate', 'evaluate_method',
            'interpolation_run', 'generator_run', 'baseline_rows', 'summary', 'format_table', 'evaluate_generator',
-           'case_files', 'pair_cases', 'evaluate_folders', 'sr3d_eval']
+           'case_pair', 'evaluate_folders', 'sr3d_eval']
 
 # %% ../nbs/evaluate.ipynb #21c8d8d8
 BASELINES = {  # method -> what it is, as tables name it
@@ -59,7 +59,7 @@ def interpolate(lr: np.ndarray,  # normalised 3D LR volume
     return out.astype(np.float32)
 
 # %% ../nbs/evaluate.ipynb #cf034a40
-COLUMNS = ['case_id', 'method', *NAMES, 'seconds']  # per_case.csv
+COLUMNS = ['case_id', 'method', *NAMES, 'seconds', 'not_computed']  # per_case.csv
 
 def evaluate_method(name: str,  # the method's name in the table
                     run,  # normalised LR volume -> (SR volume, seconds, peak MB)
@@ -136,11 +136,11 @@ def summary(rows: list[dict],  # per-case rows of one or more methods
             reference: str | None = 'sr3d',  # compared with every other method; None: no tests
             **kw,  # passed to `summarise` (n_boot, level, seed)
            ) -> dict:
-    "`{methods: {name: {metric: {mean, std, ci95} | None, seconds_per_volume, peak_memory_mb}}, wilcoxon: [...]}`."
+    "`{methods: {name: {metric: {mean, std, ci95, n} | None, seconds_per_volume, peak_memory_mb}}, wilcoxon: [...]}`."
     df = pd.DataFrame(rows)
     methods, by_method = {}, {m: d.set_index('case_id') for m, d in df.groupby('method', sort=False)}
     for m, d in by_method.items():
-        s = {k: summarise(d[k].astype(float), **kw) if d[k].notna().all() else None for k in NAMES}
+        s = {k: summarise(v, **kw) if len(v := d[k].dropna().astype(float)) else None for k in NAMES}
         if 'seconds' in d: s['seconds_per_volume'] = float(d.seconds.mean())
         if 'peak_memory_mb' in d:
             s['peak_memory_mb'] = None if d.peak_memory_mb.isna().any() else float(d.peak_memory_mb.max())
@@ -153,9 +153,9 @@ def summary(rows: list[dict],  # per-case rows of one or more methods
             if set(a.index) != set(b.index):
                 raise DataError(f"summary: {reference} and {m} were evaluated on different cases")
             for k in NAMES:
-                if methods[reference][k] is None or methods[m][k] is None: continue
-                test = paired_wilcoxon(a[k].astype(float), b.loc[a.index, k].astype(float))
-                tests.append(dict(a=reference, b=m, metric=k, **test))
+                x, y = a[k].astype(float), b.loc[a.index, k].astype(float)
+                both = x.notna() & y.notna()
+                if both.any(): tests.append(dict(a=reference, b=m, metric=k, **paired_wilcoxon(x[both], y[both])))
     return dict(methods=methods, wilcoxon=tests)
 
 DIGITS = dict(mse=6, psnr=2, ssim=4, lpips=4, hfen=4)  # decimals per metric, in every table sr3d writes
@@ -163,14 +163,16 @@ DIGITS = dict(mse=6, psnr=2, ssim=4, lpips=4, hfen=4)  # decimals per metric, in
 def format_table(methods: dict,  # `summary(...)['methods']` or metrics.json's `methods`
                  digits: dict | None = None,  # decimals per metric
                 ) -> pd.DataFrame:
-    "A readable table: one row per method, `mean [lo, hi]` per metric, cost columns."
+    "A readable table: one row per method, `mean [lo, hi]` per metric (`(n=…)` when over fewer cases), cost columns."
     digits = digits or DIGITS
-    def cell(v, k):
+    def cell(v, k, n):
         if v is None: return '—'
-        d = digits[k]
-        return f"{v['mean']:.{d}f} [{v['ci95'][0]:.{d}f}, {v['ci95'][1]:.{d}f}]"
-    rows = {m: {k: cell(s.get(k), k) for k in NAMES} for m, s in methods.items()}
+        d, fewer = digits[k], f" (n={v['n']})" if v.get('n', n) < n else ''
+        return f"{v['mean']:.{d}f} [{v['ci95'][0]:.{d}f}, {v['ci95'][1]:.{d}f}]{fewer}"
+    rows = {}
     for m, s in methods.items():
+        n = max((s[k].get('n', 0) for k in NAMES if s.get(k)), default=0)  # the method's cases: every metric's most
+        rows[m] = {k: cell(s.get(k), k, n) for k in NAMES}
         if 'seconds_per_volume' in s: rows[m]['s/volume'] = round(s['seconds_per_volume'], 3)
         if s.get('peak_memory_mb') is not None: rows[m]['peak MB'] = round(s['peak_memory_mb'], 1)
     return pd.DataFrame(rows).T
@@ -205,24 +207,14 @@ def evaluate_generator(g: Generator,  # the generator to evaluate (moved to `dev
     return res
 
 # %% ../nbs/evaluate.ipynb #44b569eb
-def case_files(folder,  # a folder of NIfTI files
-               pattern: str = '*',  # which files to take (shell glob)
-              ) -> dict[str, Path]:
-    "`{case id: file}` of the NIfTI files in `folder` matching `pattern`, checked for duplicate ids."
-    out = {}
-    for p in nifti_files(folder, pattern):
-        if (k := case_id(p)) in out:
-            raise DataError(f"{folder}: {out[k].name} and {p.name} are both case {k!r}; select one with a glob")
-        out[k] = p
-    return out
-
-def pair_cases(sr: dict, hr: dict) -> list[str]:
-    "The sorted case ids of `sr` and `hr`; an error if a case is on one side only."
-    missing, extra = sorted(set(hr) - set(sr)), sorted(set(sr) - set(hr))
-    if missing or extra:
-        raise DataError(f"SR and HR do not pair up: {len(missing)} HR case(s) without SR {missing[:5]}, "
-                        f"{len(extra)} SR case(s) without HR {extra[:5]}")
-    return sorted(sr)
+def case_pair(sr_file,  # an SR NIfTI file
+              hr_file,  # its HR NIfTI file
+             ) -> tuple[np.ndarray, np.ndarray]:
+    "One case's SR on its HR's grid (`to_grid`) and scale (`same_scale`), and its HR; errors name the file at fault."
+    h, A_h = load_volume(hr_file)
+    s, A_s = load_volume(sr_file)
+    s = to_grid(s, A_s, h.shape, A_h, str(sr_file), str(hr_file))
+    return same_scale(s, h, str(sr_file), str(hr_file)), h
 
 # %% ../nbs/evaluate.ipynb #640a602d
 def evaluate_folders(sr_dir, hr_dir,  # folders of SR and HR NIfTI volumes
@@ -231,24 +223,24 @@ def evaluate_folders(sr_dir, hr_dir,  # folders of SR and HR NIfTI volumes
                      device=None,  # torch device for LPIPS; default CUDA when available
                      progress: bool = True,
                     ) -> tuple[pd.DataFrame, dict]:
-    "Per-case metrics of paired SR/HR files and their summary."
+    "Per-case metrics of paired SR/HR files and their summary; every pair is checked before any is scored."
     sr, hr = case_files(sr_dir, sr_glob), case_files(hr_dir, hr_glob)
     ids = pair_cases(sr, hr)
+    def check(k):
+        case_pair(sr[k], hr[k])  # read again to be scored: holding every case would take all their memory
+    checked_all(check, ids, 'case(s)')
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     net, status = lpips_model(lpips_weights, device)
     name, rows = Path(sr_dir).resolve().name, []
     for k in tqdm(ids, desc='sr3d_eval', disable=not progress, mininterval=2):
-        s, h = load_volume(sr[k])[0], load_volume(hr[k])[0]
-        if s.shape != h.shape:
-            raise DataError(f"case {k}: SR {sr[k]} has shape {s.shape}, HR {hr[k]} has shape {h.shape}")
-        rows.append(dict(case_id=k, method=name, **volume_metrics(same_scale(s, h, str(sr[k])), h, net, k)))
+        rows.append(dict(case_id=k, method=name, **volume_metrics(*case_pair(sr[k], hr[k]), net, k)))
     res = dict(n_cases=len(ids), sr_dir=portable(sr_dir), hr_dir=portable(hr_dir), lpips=status, metrics_version=METRICS_VERSION,
-               **summary(rows, None))
+               not_computed={r['case_id']: r['not_computed'] for r in rows if r['not_computed']}, **summary(rows, None))
     return pd.DataFrame(rows), res
 
 def sr3d_eval(sr_dir: str,  # folder of SR volumes, in the HR volumes' intensity units (sr3d_infer's default)
               hr_dir: str,  # folder of HR volumes; each case is divided by its max(HR)
-              *, out: str,  # per-case CSV to write; the summary goes beside it as .json
+              *, out: str,  # per-case CSV, written only when every pair is valid; the summary goes beside it (.json)
               sr_glob: str = '*',  # which files of sr_dir to take (shell glob)
               hr_glob: str = '*',  # which files of hr_dir to take
               lpips_weights: str = 'imagenet',  # 'imagenet', a torchvision AlexNet file, or 'none' (no LPIPS)
@@ -263,6 +255,7 @@ def sr3d_eval(sr_dir: str,  # folder of SR volumes, in the HR volumes' intensity
     write_text(out, df.to_csv(index=False))
     write_text(out.with_suffix('.json'), json.dumps(res, indent=1))
     if not res['lpips']['available']: print(f"LPIPS not computed: {res['lpips']['reason']}", file=sys.stderr)
+    for k, why in res['not_computed'].items(): print(f"case {k}: not computed: {why}", file=sys.stderr)
     return format_table(res['methods']).to_string()
 
 eval_cli = script(sr3d_eval)

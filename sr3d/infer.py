@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm  # text progress: no widget in papermill or a terminal
-from .core import NIFTI, PeakMemory, nifti_files, parse_size, script
+from .core import NIFTI, PeakMemory, case_files, checked_all, parse_size, script
 from .data import SCALE, DataError, load_volume, save_volume
 from .model import Generator, count_params, load_generator
 from .metrics import psnr
 
 # %% auto #0
 __all__ = ['infer_cli', 'check_lr', 'tile_starts', 'ramp', 'super_resolve', 'timed_super_resolve', 'inference_costs', 'sr_affine',
-           'input_scale', 'infer_file', 'sr3d_infer']
+           'input_scale', 'read_lr', 'infer_file', 'sr3d_infer']
 
 # %% ../nbs/infer.ipynb #9f68b372
 def check_lr(lr, name: str = 'input') -> np.ndarray:
@@ -138,6 +138,13 @@ def input_scale(g: Generator,  # a generator from `load_generator` (its `intensi
     if not m > 0: raise DataError(f"{name}: maximum is {m}; the input cannot be normalised by a positive maximum")
     return rec['hr_over_lr'] * m
 
+def read_lr(g: Generator,  # the generator the volume is for, from `load_generator`
+            src,  # LR NIfTI file
+           ) -> tuple[np.ndarray, np.ndarray, float]:
+    "The LR volume of `src`, its affine and its `input_scale`, checked: an error naming `src` when it cannot be used."
+    lr, A = load_volume(src)
+    return lr, A, input_scale(g, lr, str(src))
+
 def infer_file(g: Generator,  # the generator, on the device to run on, from `load_generator`
                src,  # LR NIfTI file
                dst,  # SR NIfTI file to write (.nii or .nii.gz)
@@ -147,9 +154,8 @@ def infer_file(g: Generator,  # the generator, on the device to run on, from `lo
               ) -> Path:
     "Super-resolve the NIfTI volume `src` into `dst`, in `src`'s units and with the SR geometry; return `dst`."
     src, dst = Path(src), Path(dst)
-    if not dst.name.endswith(NIFTI): raise DataError(f"{dst}: output must end in .nii or .nii.gz")
-    lr, A = load_volume(src)
-    m = input_scale(g, lr, str(src))
+    if not dst.name.lower().endswith(NIFTI): raise DataError(f"{dst}: output must end in .nii or .nii.gz")
+    lr, A, m = read_lr(g, src)
     sr = super_resolve(g, lr / m, tile, overlap)
     save_volume(sr if normalised else sr * m, sr_affine(A, g.config['scale']), dst)
     return dst
@@ -157,7 +163,7 @@ def infer_file(g: Generator,  # the generator, on the device to run on, from `lo
 # %% ../nbs/infer.ipynb #509aabdf
 def sr3d_infer(checkpoint: str,  # a generator file or a training checkpoint
                input: str,  # an LR .nii/.nii.gz file, or a folder of them
-               output: str,  # the SR file to write, or a folder (with a folder input)
+               output: str,  # the SR file, or a folder (with a folder input); written only when every input is valid
                tile: str | None = None,  # LR tile size ('32' or '32,32,20'); default: the whole volume at once
                overlap: int = 8,  # LR voxels shared by neighbouring tiles (at least)
                normalised: bool = False,  # write the network's normalised output (default: the input's intensity units)
@@ -169,11 +175,12 @@ def sr3d_infer(checkpoint: str,  # a generator file or a training checkpoint
     if src.is_dir():
         if dst.exists() and not dst.is_dir():
             raise DataError(f"{dst}: the input is a folder, so the output must be a folder")
-        pairs = [(f, dst/f.name) for f in nifti_files(src)]
+        pairs = [(f, dst/f.name) for f in case_files(src).values()]
     elif dst.is_dir():
         raise DataError(f"{dst}: the input is a file, so the output must be a file name ending in .nii or .nii.gz")
     else: pairs = [(src, dst)]
     g = load_generator(checkpoint).to(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    if src.is_dir(): checked_all(lambda f: read_lr(g, f)[2], [f for f, _ in pairs], 'input(s)')  # before any is written
     (dst if src.is_dir() else dst.parent).mkdir(parents=True, exist_ok=True)
     for f, o in tqdm(pairs, desc='sr3d_infer', disable=len(pairs) == 1): infer_file(g, f, o, tile, overlap, normalised)
     return f'wrote {len(pairs)} volume(s) to {dst}'

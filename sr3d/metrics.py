@@ -5,6 +5,7 @@
 # %% ../nbs/metrics.ipynb #be0b338a
 from __future__ import annotations
 import re, warnings
+from functools import partial
 import numpy as np
 import torch
 from scipy import ndimage, stats
@@ -13,13 +14,17 @@ from .core import PLANES, portable
 from .weights import WeightsError, find_weights, load_features
 
 # %% auto #0
-__all__ = ['METRICS_VERSION', 'NAMES', 'SCALE_RATIO', 'LPIPS_MIN_SIDE', 'prepare_pair', 'mse', 'psnr', 'ssim', 'same_scale',
-           'hfen', 'alex_lpips', 'lpips_model', 'lpips_slices', 'lpips_volume', 'volume_metrics', 'bootstrap_ci',
-           'summarise', 'paired_wilcoxon']
+__all__ = ['METRICS_VERSION', 'NAMES', 'SSIM_WINDOW', 'SCALE_RATIO', 'LPIPS_MIN_SIDE', 'MetricUndefined', 'prepare_pair', 'mse',
+           'psnr', 'ssim', 'same_scale', 'hfen', 'alex_lpips', 'lpips_model', 'lpips_slices', 'lpips_volume',
+           'volume_metrics', 'bootstrap_ci', 'summarise', 'paired_wilcoxon']
 
 # %% ../nbs/metrics.ipynb #0ff8bdd1
 METRICS_VERSION = 2  # bump when any metric's definition changes: cached baseline results are keyed on it
 NAMES = ('mse', 'psnr', 'ssim', 'lpips', 'hfen')  # per-volume metrics, in table order
+SSIM_WINDOW = 7  # scikit-image's default SSIM window: each side of a volume must be at least this long
+
+class MetricUndefined(ValueError):
+    "A metric that is not defined for this pair of volumes; the message says which and why."
 
 def prepare_pair(sr: np.ndarray,  # super-resolved volume, normalised units
                  hr: np.ndarray,  # reference volume, any units
@@ -46,6 +51,11 @@ def psnr(sr: np.ndarray, hr: np.ndarray) -> float:
 
 def ssim(sr: np.ndarray, hr: np.ndarray) -> float:
     "scikit-image's 3D SSIM with `data_range = max(HR') − min(HR')`, as the thesis (of prepared arrays)."
+    if min(hr.shape) < SSIM_WINDOW:
+        raise MetricUndefined(f"SSIM needs >= {SSIM_WINDOW} voxels per side (scikit-image's window), the volume is "
+                              + 'x'.join(map(str, hr.shape)))
+    if not hr.max() > hr.min():
+        raise MetricUndefined("SSIM needs a data range max(HR') − min(HR') > 0 (HR is constant)")
     return float(structural_similarity(hr, sr, data_range=float(hr.max() - hr.min())))
 
 # %% ../nbs/metrics.ipynb #93b72f21
@@ -53,11 +63,12 @@ SCALE_RATIO = (0.25, 4.0)  # max(SR)/max(HR) outside this range: SR and HR are t
 
 def same_scale(sr: np.ndarray,  # SR volume in the same intensity units as `hr`
                hr: np.ndarray,  # reference volume
-               name: str = 'volume',  # what to name in an error (the SR file)
+               name: str = 'volume',  # what to name in an error about SR (the SR file)
+               hr_name: str = 'HR',  # what to name in an error about HR (the HR file)
               ) -> np.ndarray:
     "`SR / max(HR)`, after checking that `max(SR)/max(HR)` lies in `SCALE_RATIO`."
     m, top = float(np.max(hr)), float(np.max(sr))
-    if not m > 0: raise ValueError(f"{name}: HR maximum is {m}; HR' = HR / max(HR) is undefined")
+    if not m > 0: raise ValueError(f"{hr_name}: HR maximum is {m}; HR' = HR / max(HR) is undefined")
     lo, hi = SCALE_RATIO
     if not lo <= top / m <= hi:
         raise ValueError(f"{name}: max(SR) = {top:.4g} but max(HR) = {m:.4g} (ratio {top / m:.3g}, outside "
@@ -72,7 +83,7 @@ def hfen(sr: np.ndarray,  # prepared SR'
         ) -> float:
     "High-frequency error norm: `‖LoG(SR' − HR')‖ / ‖LoG(HR')‖`."
     ref = np.linalg.norm(ndimage.gaussian_laplace(hr, sigma))
-    if ref == 0: raise ValueError("hfen: the reference has no high-frequency content (LoG(HR') is zero)")
+    if ref == 0: raise MetricUndefined("HFEN: the reference has no high-frequency content (LoG(HR') is zero)")
     return float(np.linalg.norm(ndimage.gaussian_laplace(sr - hr, sigma)) / ref)
 
 # %% ../nbs/metrics.ipynb #f36cb485
@@ -120,8 +131,8 @@ def lpips_slices(sr: np.ndarray,  # prepared SR' (X, Y, Z)
     dev = next(net.parameters()).device
     short = [n for i, n in enumerate(hr.shape) if i != axis]
     if min(short) < LPIPS_MIN_SIDE:
-        raise ValueError(f"lpips: slices along axis {axis} are {short[0]}x{short[1]}; "
-                         f"AlexNet needs >= {LPIPS_MIN_SIDE} pixels per side")
+        raise MetricUndefined(f"LPIPS: slices along axis {axis} are {short[0]}x{short[1]}; "
+                              f"AlexNet needs >= {LPIPS_MIN_SIDE} pixels per side")
 
     def images(v, lo):
         t = torch.from_numpy(np.moveaxis(v, axis, 0)[lo:lo + batch]).to(dev, torch.float32)
@@ -145,10 +156,15 @@ def volume_metrics(sr: np.ndarray,  # SR volume, normalised units
                    lpips_net: torch.nn.Module | None = None,  # from `lpips_model`; None leaves lpips empty
                    name: str = 'volume',  # what to name in an error
                   ) -> dict:
-    "MSE, PSNR, SSIM, LPIPS (or None) and HFEN of one SR/HR pair, as the thesis computes them."
+    "MSE, PSNR, SSIM, LPIPS and HFEN of one SR/HR pair (None where undefined), and `not_computed`: why, or None."
     s, h = prepare_pair(sr, hr, name)
-    return dict(mse=mse(s, h), psnr=psnr(s, h), ssim=ssim(s, h),
-                lpips=None if lpips_net is None else lpips_volume(s, h, lpips_net), hfen=hfen(s, h))
+    lpips = None if lpips_net is None else partial(lpips_volume, net=lpips_net)
+    out, why = dict.fromkeys(NAMES), []
+    for k, f in dict(mse=mse, psnr=psnr, ssim=ssim, lpips=lpips, hfen=hfen).items():
+        if f is None: continue
+        try: out[k] = f(s, h)
+        except MetricUndefined as e: why.append(str(e))
+    return dict(out, not_computed='; '.join(why) or None)
 
 # %% ../nbs/metrics.ipynb #35ac5f6a
 def bootstrap_ci(values,  # one number per case
@@ -166,9 +182,10 @@ def bootstrap_ci(values,  # one number per case
 def summarise(values,  # one number per case
               **kw,  # passed to `bootstrap_ci`
              ) -> dict:
-    "`{mean, std, ci95}` of per-case `values`."
+    "`{mean, std, ci95, n}` of per-case `values`."
     v = np.asarray(values, dtype=np.float64)
-    return dict(mean=float(v.mean()), std=float(v.std(ddof=1)) if len(v) > 1 else 0.0, ci95=list(bootstrap_ci(v, **kw)))
+    return dict(mean=float(v.mean()), std=float(v.std(ddof=1)) if len(v) > 1 else 0.0, ci95=list(bootstrap_ci(v, **kw)),
+                n=len(v))
 
 def paired_wilcoxon(a,  # method A's value per case
                     b,  # method B's value for the same cases, same order

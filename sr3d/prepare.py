@@ -12,8 +12,8 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm  # text progress: no widget in papermill or a terminal
 import sr3d
-from .core import atomic, case_id, nifti_files, list_path, resolve, script
-from .data import SCALE, DataError, fit_to_multiple, load_volume, lr_affine, normalise, pool, save_volume
+from .core import atomic, case_files, case_id, checked_all, list_path, pair_cases, resolve, script, shared_ids
+from .data import SCALE, DataError, fit_to_multiple, load_volume, lr_affine, normalise, pool, reorient, save_volume
 
 # %% auto #0
 __all__ = ['FORMAT', 'LIST_COLUMNS', 'DEMO_SHAPE', 'DEMO_CENTRE', 'MSD_MODALITIES', 'SOURCES', 'Source', 'write_dataset', 'Case',
@@ -88,16 +88,15 @@ def write_dataset(out,  # the prepared data set's folder; must not hold differen
                  ) -> Path:
     "Prepare `sources` into `out` atomically and return the list file."
     out, fp = Path(out).absolute(), _fingerprint(meta)
-    ids = [s.case_id for s in sources]
-    if len(set(ids)) != len(ids):
-        raise DataError(f"{out}: duplicate case ids {sorted({i for i in ids if ids.count(i) > 1})}")
+    if (why := shared_ids([(s.case_id, s.name) for s in sources])): raise DataError(f"{out}: {why}")
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent/f'.{out.name}.lock', 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # held until the data set is complete: a second caller then finds it
         if (done := _existing(out, fp)): return done
         with atomic(out) as tmp:
             tmp.mkdir()
-            rows = [_write_case(tmp, s) for s in tqdm(sources, desc=f'preparing {out.name}', mininterval=2)]
+            bar = tqdm(sources, desc=f'preparing {out.name}', mininterval=2)
+            rows = checked_all(lambda s: _write_case(tmp, s), bar, 'case(s)')  # every case, then all refusals at once
             with open(tmp/'list.csv', 'w', newline='') as f:
                 w = csv.DictWriter(f, LIST_COLUMNS)
                 w.writeheader()
@@ -140,7 +139,8 @@ def _cache_fresh(root: Path, row: dict) -> bool:
     return all(m.get(k) == _stamp(root/row[k]) for k in ('lr_path', 'hr_path'))
 
 def _rebuild_cache(root: Path, row: dict):
-    lr, hr = load_volume(root/row['lr_path'])[0], load_volume(root/row['hr_path'])[0]
+    (lr, A_lr), (hr, A) = load_volume(root/row['lr_path']), load_volume(root/row['hr_path'])
+    lr = reorient(lr, A_lr, A, str(root/row['lr_path']), str(root/row['hr_path']))[0]  # into the HR's axis order
     if tuple(SCALE * n for n in lr.shape) != hr.shape:
         raise DataError(f"{root/row['lr_path']}: LR shape {lr.shape} x {SCALE} != HR shape {hr.shape} "
                         f"of {root/row['hr_path']}")
@@ -157,7 +157,7 @@ def read_list(list_file,  # a prepared data set's list.csv (or its folder)
     with open(list_file, newline='') as f: rows = list(csv.DictReader(f))
     if not rows or set(LIST_COLUMNS) - set(rows[0]):
         raise DataError(f"{list_file}: needs the columns {LIST_COLUMNS}, has {list(rows[0]) if rows else 'no rows'}")
-    if len({r['case_id'] for r in rows}) != len(rows): raise DataError(f"{list_file}: duplicate case_id values")
+    if (why := shared_ids([(r['case_id'], r['hr_path']) for r in rows])): raise DataError(f"{list_file}: {why}")
     cases = []
     for r in rows:
         if split is not None and r['split'] != split: continue
@@ -254,7 +254,7 @@ MSD_MODALITIES = {'flair': 0, 't1w': 1, 't1gd': 2, 't2w': 3}
 def _msd_files(task_dir: Path, key: str, folder: str) -> list[Path]:
     "The image files of one MSD split: from dataset.json when present, else the folder's listing."
     info = task_dir/'dataset.json'
-    if not info.exists(): return nifti_files(task_dir/folder)
+    if not info.exists(): return list(case_files(task_dir/folder).values())
     entries = json.loads(info.read_text())[key]
     files = [task_dir/(e['image'] if isinstance(e, dict) else e) for e in entries]
     for f in files:
@@ -262,7 +262,7 @@ def _msd_files(task_dir: Path, key: str, folder: str) -> list[Path]:
     return sorted(files)
 
 def prepare_msd(task_dir,  # the Task01_BrainTumour folder (imagesTr/, imagesTs/, dataset.json)
-                *, out,  # destination folder
+                *, out,  # destination folder, written only when every case is valid
                 modality: str = 'flair',  # 'flair', 't1w', 't1gd' or 't2w' (the thesis does not say)
                 label: int = 0,  # discriminator class of every case
                ) -> Path:
@@ -275,9 +275,9 @@ def prepare_msd(task_dir,  # the Task01_BrainTumour folder (imagesTr/, imagesTs/
     def loader(f):
         def load():
             vol, A = load_volume(f, channel=ch)
-            return fit_to_multiple(vol), A, None
+            return fit_to_multiple(vol, name=str(f)), A, None
         return load
-    sources = [Source(f.name.split('.')[0], split, label, str(f), loader(f))
+    sources = [Source(case_id(f), split, label, str(f), loader(f))
                for split, key, folder in (('train', 'training', 'imagesTr'), ('test', 'test', 'imagesTs'))
                for f in _msd_files(task_dir, key, folder)]
     meta = dict(source='msd', task_dir=str(task_dir), modality=modality.lower(), label=label, n=len(sources))
@@ -285,7 +285,7 @@ def prepare_msd(task_dir,  # the Task01_BrainTumour folder (imagesTr/, imagesTs/
 
 # %% ../nbs/prepare.ipynb #2991f25a
 def prepare_folder(hr_dir,  # folder of HR volumes
-                   *, out,  # destination folder
+                   *, out,  # destination folder, written only when every case is valid
                    lr: str | None = None,  # folder of matching LR volumes (same case ids, exactly 4x smaller)
                    fit: str = 'pad',  # 'pad' or 'crop' HR sides to a multiple of 4 (HR-only input)
                    test_fraction: float = 0.2,  # share of cases in the test split
@@ -294,23 +294,24 @@ def prepare_folder(hr_dir,  # folder of HR volumes
                   ) -> Path:
     "Prepare a folder of NIfTI volumes into `out` and return the list file."
     hr_dir = Path(hr_dir).absolute()
-    files = {case_id(f): f for f in nifti_files(hr_dir)}
+    files = case_files(hr_dir)
     if not 0 <= test_fraction < 1: raise DataError(f"test_fraction must be in [0, 1), got {test_fraction}")
     lr_files = {}
     if lr is not None:
         lr = Path(lr).absolute()
-        lr_files = {case_id(p): p for p in nifti_files(lr)}
-        missing = sorted(set(files) ^ set(lr_files))
-        if missing: raise DataError(f"{lr}: LR and HR folders do not pair up; unmatched cases {missing[:5]}")
+        lr_files = case_files(lr)
+        pair_cases(lr_files, files, ('LR', 'HR'))
     ids = sorted(files)
     test_ids = {ids[i] for i in np.random.default_rng(seed).permutation(len(ids))[:round(test_fraction * len(ids))]}
     def loader(k):
         def load():
             hr, A = load_volume(files[k])
-            if lr is None: return fit_to_multiple(hr, mode=fit), A, None
-            return hr, A, load_volume(lr_files[k])[0]
+            if lr is None: return fit_to_multiple(hr, mode=fit, name=str(files[k])), A, None
+            lr_vol, A_lr = load_volume(lr_files[k])
+            return hr, A, reorient(lr_vol, A_lr, A, str(lr_files[k]), str(files[k]))[0]
         return load
-    sources = [Source(k, 'test' if k in test_ids else 'train', label, str(files[k]), loader(k)) for k in ids]
+    names = {k: str(f) if lr is None else f'{f} (LR {lr_files[k]})' for k, f in files.items()}
+    sources = [Source(k, 'test' if k in test_ids else 'train', label, names[k], loader(k)) for k in ids]
     meta = dict(source='folder', hr_dir=str(hr_dir), lr_dir=str(lr) if lr else None, fit=fit,
                 test_fraction=test_fraction, seed=seed, label=label, n=len(files))
     return write_dataset(out, sources, meta)

@@ -64,7 +64,7 @@ def test_infer_folder_and_eval(files):
     r = run('sr3d_eval', files/'sr', files/'hr', '--out', files/'m.csv')
     assert r.returncode == 0, r.stderr
     df = pd.read_csv(files/'m.csv')
-    assert list(df.case_id) == ['case0', 'case1'] and list(df.columns) == ['case_id', 'method', 'mse', 'psnr', 'ssim', 'lpips', 'hfen']
+    assert list(df.case_id) == ['case0', 'case1'] and list(df.columns) == ['case_id', 'method', 'mse', 'psnr', 'ssim', 'lpips', 'hfen', 'not_computed']
     summary = json.loads((files/'m.json').read_text())
     assert summary['n_cases'] == 2 and summary['methods']['sr']['psnr']['mean'] == pytest.approx(df.psnr.mean())
 

@@ -4,18 +4,21 @@
 
 # %% ../nbs/bench.ipynb #3100e8f3
 from __future__ import annotations
-import copy, json, math, os, tempfile, time
+import copy, json, math, os, statistics, tempfile, time
+from unittest import mock
 from dataclasses import asdict, dataclass
 from pathlib import Path
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+import torchvision
 from accelerate import Accelerator
 from .core import PLANES, PeakMemory, markdown_table, parse_size, portable, resolve, script, write_text
 from .config import THESIS, THESIS_PATCHES, TrainConfig, make_config, thesis_values
 from .data import SCALE, PatchPairs
 from .prepare import demo_data, read_list
-from .losses import Perceptual25D
+from .losses import Perceptual25D, vgg_images
 from .train import STEP_PARTS, batch_readings, epoch_batches, resolve_precision
 from .infer import inference_costs
 from .study import GRIDS
@@ -24,10 +27,12 @@ from .timing import (Step, accelerator, amp, best, free, interleaved, machine, m
                          whole_step)
 
 # %% auto #0
-__all__ = ['OOM_CHUNK', 'THESIS_PATCHES_PER_S', 'PERCEPTUAL_COLS', 'STEP_COLS', 'bench_cli', 'vgg_batches', 'vgg_floor',
-           'plain_perceptual', 'plain_agreement', 'perceptual_costs', 'thesis_ratio', 'lever_values', 'lever_rows',
-           'step_table', 'loading_rate', 'loading_table', 'Run', 'headline', 'write_results', 'perceptual_section',
-           'step_section', 'loading_section', 'inference_section', 'bench', 'sr3d_bench']
+__all__ = ['OOM_CHUNK', 'THESIS_PATCHES_PER_S', 'PERCEPTUAL_COLS', 'STEP_COLS', 'MONAI_CASES', 'MONAI_COLS', 'bench_cli',
+           'vgg_batches', 'vgg_floor', 'plain_perceptual', 'plain_agreement', 'perceptual_costs', 'thesis_ratio',
+           'lever_values', 'lever_rows', 'step_table', 'loading_rate', 'loading_table', 'monai_images', 'monai_ratio',
+           'monai_perceptual', 'monai_volumes', 'monai_costs', 'Run', 'headline', 'write_results', 'perceptual_section',
+           'step_section', 'loading_section', 'monai_section', 'monai_headline', 'inference_section', 'bench',
+           'sr3d_bench']
 
 # %% ../nbs/bench.ipynb #3ffa9367
 def vgg_batches(pl: Perceptual25D,  # the loss whose image recipe is used
@@ -242,6 +247,92 @@ def loading_table(c: TrainConfig,  # the preset's configuration
     df['loader_over_step'] = df.loader_patches_per_s / df[['step_patches_per_s', 'thesis_patches_per_s']].max(axis=1)
     return df
 
+# %% ../nbs/bench.ipynb #9df809bb
+def monai_images(ratio: float,  # MONAI's fake_3d_ratio
+                 shape,  # (X, Y, Z) of the volumes
+                 batch: int,  # volumes
+                ) -> int:
+    "The slices MONAI's 2.5D loss keeps per step: `int(B·S·r)` per axis, as its `_calculate_axis_loss` counts them."
+    return sum(int(batch * S * ratio) for S in shape)
+
+def monai_ratio(n: int,  # sr3d's slices per plane
+                shape, batch: int,  # the volumes' (X, Y, Z), and how many
+               ) -> float:
+    "The smallest `fake_3d_ratio` at which MONAI's 2.5D loss keeps at least as many slices per step as sr3d's at `n`."
+    want = batch * vgg_images(n, shape)
+    return next(r for r in sorted({k / (batch * S) for S in shape for k in range(1, batch * S + 1)})
+                if monai_images(r, shape, batch) >= want)
+
+def monai_perceptual(ratio: float,  # the fraction of each axis's slices kept
+                     device='cpu',
+                    ) -> torch.nn.Module:
+    "MONAI's `PerceptualLoss(spatial_dims=3, network_type='vgg', is_fake_3d=True, fake_3d_ratio=ratio)`, random."
+    try: from monai.losses import PerceptualLoss  # a bench extra, not a dependency of sr3d
+    except ImportError as e: raise ImportError("sr3d_bench --monai needs MONAI: pip install monai") from e
+    vgg16 = torchvision.models.vgg16
+    def random_vgg16(pretrained=True, **kw): return vgg16(weights=None)
+    with mock.patch.object(torchvision.models, 'vgg16', random_vgg16):  # LPIPS would download ImageNet's VGG16 trunk
+        loss = PerceptualLoss(spatial_dims=3, network_type='vgg', is_fake_3d=True, fake_3d_ratio=ratio,
+                              pretrained=False)
+    return loss.requires_grad_(False).eval().to(device)
+
+# %% ../nbs/bench.ipynb #25539570
+def monai_volumes(kind,  # 'demo patches', 'demo volumes', or an (X, Y, Z) shape for random values
+                  batch: int,  # volumes
+                  patch: str = '8,8,6',  # the LR patch of 'demo patches'
+                  seed: int = 0,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    "`(SR, HR)` in [0, 1]: demo HR patches or volumes and the trilinear upsampling of their LR, or random volumes."
+    if not isinstance(kind, str):
+        g = torch.Generator().manual_seed(seed)
+        return torch.rand(batch, 1, *kind, generator=g), torch.rand(batch, 1, *kind, generator=g)
+    cases = read_list(demo_data(), 'train')
+    if kind == 'demo patches':
+        ds = PatchPairs(cases, patch, 1, 'fixed', seed)
+        lr, hr = (torch.stack([ds[k][j] for k in range(batch)]) for j in (0, 1))
+    elif kind == 'demo volumes':
+        lr, hr = (torch.stack([torch.from_numpy(np.array(c.arrays()[j]))[None] for c in cases[:batch]]) for j in (0, 1))
+    else: raise ValueError(f"kind must be 'demo patches', 'demo volumes' or a shape, got {kind!r}")
+    return F.interpolate(lr, scale_factor=SCALE, mode='trilinear', align_corners=False), hr
+
+def monai_costs(sr: torch.Tensor, hr: torch.Tensor,  # (B, 1, X, Y, Z) in [0, 1]
+                n: int = 3,  # sr3d's slices per plane; MONAI keeps as many slices per step
+                device='cpu', precision: str = 'no',  # where, and 'bf16' (autocast, as training) or 'no'
+                reps: int = 5, warmup: int = 1,  # timed and untimed rounds
+                seed: int = 0,
+               ) -> dict:
+    "One row: sr3d's and MONAI's 2.5D losses at matched slices per step, forward + backward seconds (median), peak MB."
+    dev = torch.device(device)
+    sr, hr = sr.to(dev), hr.to(dev)
+    shape, batch = tuple(hr.shape[2:]), len(hr)
+    ratio = monai_ratio(n, shape, batch)
+    ours, theirs = Perceptual25D(n, None, weights='random', seed=seed).to(dev), monai_perceptual(ratio, dev)
+    seen = []  # the images MONAI's LPIPS is given, call by call (one call per axis)
+    hook = theirs.perceptual_function.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+    def step(loss, x, y):
+        x = x.clone().requires_grad_()
+        with amp(dev, precision): value = loss(x, y)
+        value.backward()
+    sr_pm, hr_pm = 2 * sr - 1, 2 * hr - 1  # LPIPS's inputs are in [-1, 1]
+    fns = {'sr3d': lambda: step(ours, sr, hr), 'monai': lambda: step(theirs, sr_pm, hr_pm)}
+    with torch.random.fork_rng(devices=[]):  # MONAI draws its slices from torch's global generator
+        torch.manual_seed(seed)
+        times = interleaved(fns, reps, warmup, dev)
+        peak = {}
+        for k, f in fns.items():
+            with PeakMemory(dev) as pm: f()
+            peak[k] = pm.mb
+    hook.remove()
+    per_step = {sum(seen[i:i + len(PLANES)]) for i in range(0, len(seen), len(PLANES))}
+    if len(per_step) != 1: raise RuntimeError(f"MONAI kept a different number of slices in different steps: {per_step}")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ours_n, theirs_n = batch * vgg_images(n, shape), per_step.pop()
+    return dict(shape='x'.join(map(str, shape)), batch=batch, n=n, sr3d_images=ours_n, fake_3d_ratio=ratio,
+                monai_images=theirs_n, precision=precision, sr3d_s=med['sr3d'], monai_s=med['monai'],
+                monai_over_sr3d=med['monai'] / med['sr3d'],
+                per_image=(med['monai'] / theirs_n) / (med['sr3d'] / ours_n),
+                sr3d_peak_mb=peak['sr3d'], monai_peak_mb=peak['monai'], times=times)
+
 # %% ../nbs/bench.ipynb #3fea4a9f
 PERCEPTUAL_COLS = ['n', 'resize', 'images', 'precision', 'loss_s', 'floor_s', 'floor_nchw_s', 'floor_channels_last_s',
                    'plain_s', 'loss_over_floor', 'speedup_vs_plain']
@@ -283,7 +374,7 @@ def write_results(res: dict, tables: dict, out: Path):
     keys = ('nf', 'gc', 'n_rrdb', 'd_nf', 'patch', 'batch_size', 'vgg_n', 'vgg_resize', 'mixed_precision')
     md = [f"# sr3d_bench {res['mode']}", '',
           f"- device: {m['device']} ({m['device_type']}, {m['cpu_count']} CPU cores), torch {m['torch']}, "
-          f"{m['torch_threads']} threads",
+          f"{m['torch_threads']} threads, load average {m['load_average']:.1f} when it started",
           f"- preset {res['preset']}, precision {res['precision']}; {res['statistic']} of {res['reps']} rounds",
           f"- {res['weights']}",
           f"- configuration: `{json.dumps({k: res['config'][k] for k in keys})}`"]
@@ -322,31 +413,55 @@ def loading_section(b: Run, steps: pd.DataFrame):
     rates = loading_table(b.c, steps, patches, b.reps)
     b.table('loading', 'Data loading (patches per second, one loader process)', rates)
 
+# (volumes, sr3d's n, batch, precision; None: the training step's): the demo baseline's n and the lever's 9 on its HR
+# patches, batch 2; the thesis's n on whole demo volumes and on the paper's HR patch; the first again in float32
+MONAI_CASES = [('demo patches', 3, 2, None), ('demo patches', 9, 2, None), ('demo volumes', 10, 1, None),
+               ((120, 120, 80), 10, 1, None), ('demo patches', 3, 2, 'no')]
+MONAI_COLS = ['volumes', 'shape', 'batch', 'n', 'sr3d_images', 'fake_3d_ratio', 'monai_images', 'precision', 'sr3d_s',
+              'monai_s', 'monai_over_sr3d', 'per_image', 'sr3d_peak_mb', 'monai_peak_mb']
+
+def monai_section(b: Run, cases=MONAI_CASES):
+    "sr3d's 2.5D loss beside MONAI's at matched slices per step, on demo patches and volumes and one larger size."
+    rows = [dict(volumes=kind if isinstance(kind, str) else 'random',
+                 **monai_costs(*monai_volumes(kind, batch, b.c.patch), n, b.device, precision or b.precision, b.reps,
+                               max(b.warmup, 1)))
+            for kind, n, batch, precision in cases]
+    b.table('monai', "sr3d's Perceptual25D and MONAI's PerceptualLoss(vgg, fake 3D) at matched slices per step: "
+            "seconds forward + backward (median), peak MB", pd.DataFrame(rows), MONAI_COLS)
+    b.res['monai'] = rows  # with the raw times
+
+def monai_headline(rows: list) -> str:
+    "The MONAI bench's last line: MONAI's time over sr3d's, per row."
+    return "MONAI / sr3d 2.5D loss time at matched slices: " + ', '.join(
+        f"{r['monai_over_sr3d']:.2f}x ({r['shape']} x{r['batch']}, n={r['n']}, {r['precision']})" for r in rows)
+
 def inference_section(b: Run):
     "Whole and tiled inference of the paper model."
     rows = [r for p in (['no', 'bf16'] if b.device.type == 'cuda' else ['no']) for r in inference_costs(b.device, p)]
     b.table('inference', 'Inference, paper model, 60x60x39 -> 240x240x156', pd.DataFrame(rows))
 
 # %% ../nbs/bench.ipynb #754e79fb
-def bench(mode: str = 'full',  # 'quick', 'full' or 'gpu'
+def bench(mode: str = 'full',  # 'quick', 'full', 'gpu' or 'monai'
           preset: str | None = None,  # default: 'demo' on a CPU, 'paper' with mode 'gpu'
           device=None,  # default: 'cuda' for mode 'gpu', else 'cpu'
           out=None,  # folder for bench.json and bench.md; default outputs/bench/<mode>
-          reps: int | None = None,  # timed rounds; default 4 in quick mode (a CPU's rounds vary a lot), else 3
+          reps: int | None = None,  # timed rounds; default 4 in quick mode (a CPU's rounds vary a lot), 5 monai, else 3
           resize: int = 224,  # the headline's image size (the thesis: 224)
           threads: int | None = None,  # torch CPU threads; default torch's own
           compile: bool = True,  # mode 'gpu': include the torch.compile variant (its compilation takes minutes)
          ) -> dict:
     "Measure, print and write the costs of training and inference; the headline is printed last."
-    if mode not in ('quick', 'full', 'gpu'): raise ValueError(f"mode must be 'quick', 'full' or 'gpu', got {mode!r}")
+    if mode not in ('quick', 'full', 'gpu', 'monai'):
+        raise ValueError(f"mode must be 'quick', 'full', 'gpu' or 'monai', got {mode!r}")
     device = torch.device(device or ('cuda' if mode == 'gpu' else 'cpu'))
     if mode == 'gpu' and device.type != 'cuda': raise ValueError(f"mode 'gpu' needs a CUDA device, got {device}")
     if threads: torch.set_num_threads(threads)
     c = make_config(preset or ('paper' if mode == 'gpu' else 'demo'), check_data=False)
-    precision, reps = resolve_precision(c.mixed_precision), reps or (4 if mode == 'quick' else 3)
+    precision, reps = resolve_precision(c.mixed_precision), reps or dict(quick=4, monai=5).get(mode, 3)
     t_start = time.perf_counter()
     res = dict(mode=mode, machine=machine(device), preset=c.preset, config=asdict(c), precision=precision, reps=reps,
-               statistic='minimum over interleaved rounds (GPU variants: median)',
+               statistic='median over interleaved rounds' if mode == 'monai' else
+                         'minimum over interleaved rounds (GPU variants: median)',
                weights='random VGG16 (cost does not depend on the weights)')
     warmup, out = 1 if device.type == 'cuda' else 0, resolve(out or f'outputs/bench/{mode}')
     b = Run(mode, device, c, precision, reps, warmup, resize, out, res, {})
@@ -358,38 +473,46 @@ def bench(mode: str = 'full',  # 'quick', 'full' or 'gpu'
               "processes on the same cores slow multi-threaded torch by large and uneven factors: rerun on a quiet "
               "machine, or with --threads 1", flush=True)
 
-    perceptual_section(b)
-    steps = step_section(b)
-    loading_section(b, steps)
-    if mode != 'quick': inference_section(b)
-    if mode == 'gpu':
-        gpu_sections(b, compile)
-    head = next(r for r in res['perceptual'] if r['n'] == 10 and r['resize'] == resize)
-    res['target'] = {f"n={r['n']}, {r['resize']}": dict(loss_over_floor=r['loss_over_floor'],
-                                                          met=r['loss_over_floor'] <= 1.3)
-                     for r in res['perceptual'] if r['resize'] == resize}
-    res['headline'], res['seconds'] = headline(head), time.perf_counter() - t_start
+    if mode == 'monai':
+        monai_section(b)
+        res['headline'] = monai_headline(res['monai'])
+    else:
+        perceptual_section(b)
+        steps = step_section(b)
+        loading_section(b, steps)
+        if mode != 'quick': inference_section(b)
+        if mode == 'gpu':
+            gpu_sections(b, compile)
+        head = next(r for r in res['perceptual'] if r['n'] == 10 and r['resize'] == resize)
+        res['target'] = {f"n={r['n']}, {r['resize']}": dict(loss_over_floor=r['loss_over_floor'],
+                                                              met=r['loss_over_floor'] <= 1.3)
+                         for r in res['perceptual'] if r['resize'] == resize}
+        res['headline'] = headline(head)
+    res['seconds'] = time.perf_counter() - t_start
     write_results(res, b.tables, b.out)
     print(f"\nwrote {portable(b.out/'bench.json')} and {portable(b.out/'bench.md')} ({res['seconds']:.0f} s)")
-    met = [f"{k}: {v['loss_over_floor']:.2f}x {'met' if v['met'] else 'NOT met'}" for k, v in res['target'].items()]
-    print('target, loss / floor <= 1.3: ' + '; '.join(met))
+    if 'target' in res:
+        met = [f"{k}: {v['loss_over_floor']:.2f}x {'met' if v['met'] else 'NOT met'}" for k, v in res['target'].items()]
+        print('target, loss / floor <= 1.3: ' + '; '.join(met))
     print(res['headline'], flush=True)
     return res
 
 # %% ../nbs/bench.ipynb #be178560
 def sr3d_bench(quick: bool = False,  # a few minutes on a 2-core CPU: the loss at n=10, the step with and without it
                gpu: bool = False,  # on a CUDA GPU, paper preset: the full bench plus the GPU sections of nbs/gpu.ipynb
+               monai: bool = False,  # sr3d's 2.5D loss beside MONAI's PerceptualLoss(vgg, fake 3D); needs MONAI
                preset: str | None = None,  # 'demo' or 'paper'; default: demo (CPU) or paper (--gpu)
                device: str | None = None,  # default: cuda with --gpu, else cpu
-               out: str | None = None,  # folder for bench.json and bench.md (default outputs/bench/<quick|full|gpu>)
-               reps: int | None = None,  # timed rounds (default 4 quick, 3 otherwise)
+               out: str | None = None,  # folder for bench.json and bench.md (default outputs/bench/<mode>)
+               reps: int | None = None,  # timed rounds (default 4 quick, 5 monai, 3 otherwise)
                resize: int = 224,  # image size of the headline measurement (the thesis: 224)
                threads: int | None = None,  # torch CPU threads (default: torch's choice)
                compile: bool = True,  # with --gpu: include the torch.compile variant (--no-compile leaves it out)
               ):
     "Measure what sr3d training and inference cost; the last line is the perceptual loss over its VGG floor."
-    if quick and gpu: raise ValueError('give at most one of --quick and --gpu')
-    bench('quick' if quick else 'gpu' if gpu else 'full', preset, device, out, reps, resize, threads, compile)
+    if quick + gpu + monai > 1: raise ValueError('give at most one of --quick, --gpu and --monai')
+    mode = 'quick' if quick else 'gpu' if gpu else 'monai' if monai else 'full'
+    bench(mode, preset, device, out, reps, resize, threads, compile)
 
 bench_cli = script(sr3d_bench)
 

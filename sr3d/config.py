@@ -4,19 +4,19 @@
 
 # %% ../nbs/config.ipynb #0249ac46
 from __future__ import annotations
-import hashlib, json
+import hashlib, json, re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from .core import list_path, parse_size
 from .data import SCALE, DataError, PatchPairs
-from .losses import check_slices
+from .losses import SAMPLINGS, check_slices
 from .model import OUT_CONV, UP_INIT
 from .prepare import demo_data, read_list
 
 # %% auto #0
 __all__ = ['PRESETS', 'FIELDS', 'RESULT_FIELDS', 'NEUTRAL', 'NONE_WORDS', 'RANGES', 'THESIS_BASELINE', 'THESIS_PATCHES', 'THESIS',
-           'TrainConfig', 'ConfigError', 'check_value', 'data_path', 'check_against_data', 'config_hash', 'run_name',
-           'make_config', 'thesis_values']
+           'TrainConfig', 'ConfigError', 'check_value', 'vgg_schedule', 'check_vgg', 'data_path', 'check_against_data',
+           'config_hash', 'run_name', 'make_config', 'thesis_values']
 
 # %% ../nbs/config.ipynb #d0f62f67
 @dataclass
@@ -26,6 +26,8 @@ class TrainConfig:
     preset: str = 'paper'  # the preset the other values started from
     vgg_n: int | str = 10  # slices per plane for the 2.5D VGG loss (0: no perceptual loss), or 'full'
     vgg_resize: int | str = 224  # image size VGG sees, or 'native'
+    vgg_sampling: str = 'uniform'  # how the VGG loss draws its slices: 'uniform' (the thesis) or 'importance'
+    vgg_n_schedule: str | None = None  # 'linear:N0:N1': n from N0 (first epoch) to N1 (last); None: vgg_n throughout
     n_rrdb: int = 10  # RRDB blocks in the generator's trunk
     nf: int = 64  # generator feature channels
     gc: int = 32  # generator growth channels
@@ -66,7 +68,7 @@ FIELDS = [f.name for f in fields(TrainConfig)]
 RESULT_FIELDS = [k for k in FIELDS if k not in ('run_dir', 'ckpt_every', 'num_workers', 'vgg_chunk')]  # change results
 # fields added after runs were first recorded, each with the value that computes what sr3d computed before it existed:
 # at that value a field stays out of the configuration hash, so an older run keeps its folder and is not retrained
-NEUTRAL = {'up_init': 'plain', 'ema': None}
+NEUTRAL = {'up_init': 'plain', 'ema': None, 'vgg_sampling': 'uniform', 'vgg_n_schedule': None}
 # fields whose None means something of its own while a preset sets another value: papermill's `-p d_lr None` (and
 # make_config's None) means "the preset's value", so that meaning is asked for by this word instead
 NONE_WORDS = {'d_lr': 'lr', 'ema': 'off'}
@@ -84,6 +86,7 @@ RANGES = {  # field -> (least, most, *other allowed values) for numbers (None: u
     'num_processes': (1, None), 'seed': (0, None), 'ckpt_every': (1, None), 'num_workers': (0, None),
     'interp_residual': (False, True), 'patch_mode': ('fixed', 'random'), 'preset': tuple(PRESETS), 'out_conv': OUT_CONV,
     'mixed_precision': ('auto', 'bf16', 'fp16', 'no'), 'up_init': UP_INIT, 'ema': (0.0, 0.99999, None),
+    'vgg_sampling': SAMPLINGS,
 }
 
 def _rule(name: str) -> str:
@@ -106,6 +109,28 @@ def check_value(name: str, v) -> None:
             number and not isinstance(v, bool) and (least is None or v >= least) and (most is None or v <= most))
     if not ok: raise ConfigError(f"{name}: must be {_rule(name)}, got {v!r}")
 
+# %% ../nbs/config.ipynb #180ca28d
+def vgg_schedule(c: TrainConfig) -> list:
+    "The perceptual loss's slices per plane in each epoch: `vgg_n` throughout, or `vgg_n_schedule`'s line."
+    if c.vgg_n_schedule is None: return [c.vgg_n] * c.epochs
+    m = re.fullmatch(r'linear:(\d+):(\d+)', c.vgg_n_schedule) if isinstance(c.vgg_n_schedule, str) else None
+    if m is None or min(map(int, m.groups())) < 1:
+        raise ConfigError(f"vgg_n_schedule: must be None or 'linear:N0:N1' with ints N0, N1 >= 1 (slices per plane "
+                          f"at the first and the last epoch), got {c.vgg_n_schedule!r}")
+    n0, n1 = map(int, m.groups())
+    if c.vgg_n != n0:
+        raise ConfigError(f"vgg_n_schedule: {c.vgg_n_schedule!r} starts at n={n0} but vgg_n is {c.vgg_n!r}; "
+                          f"set vgg_n={n0}, the first epoch's n")
+    last = c.epochs - 1
+    return [n0 + ((2 * (n1 - n0) * e + last) // (2 * last) if last else 0) for e in range(c.epochs)]  # rounded half up
+
+def check_vgg(c: TrainConfig):
+    "Raise `ConfigError` when `vgg_sampling` or `vgg_n_schedule` does not fit `vgg_n`."
+    if c.vgg_sampling == 'importance' and c.vgg_n in (0, 'full'):
+        raise ConfigError(f"vgg_sampling: 'importance' draws vgg_n slices per plane, so vgg_n must be an int >= 1, "
+                          f"got {c.vgg_n!r}")
+    vgg_schedule(c)
+
 # %% ../nbs/config.ipynb #b484b1bf
 def data_path(data: str) -> Path:
     "The list file that `data` names ('demo': the demo data, prepared on first use)."
@@ -127,6 +152,9 @@ def check_against_data(c: TrainConfig):
     if c.vgg_n != 0:
         try: check_slices(c.vgg_n, hr)
         except ValueError as e: raise ConfigError(f"vgg_n: {e}") from e
+    if c.vgg_n_schedule is not None:
+        try: check_slices(max(vgg_schedule(c)), hr)
+        except ValueError as e: raise ConfigError(f"vgg_n_schedule: {e}") from e
     bad = [cs.case_id for cs in train_cases + test_cases if not 0 <= cs.label < c.n_classes]
     if bad: raise ConfigError(f"n_classes: cases {bad[:5]} have labels outside [0, {c.n_classes})")
     if (n := len(train_cases) * c.patches_per_volume) < c.batch_size:
@@ -155,6 +183,7 @@ def make_config(preset: str,  # 'demo' or 'paper'
     for k, word in NONE_WORDS.items():
         if getattr(c, k) == word: setattr(c, k, None)
     for name in RANGES: check_value(name, getattr(c, name))
+    check_vgg(c)
     try: c.patch = ','.join(map(str, parse_size(c.patch, 'patch')))
     except ValueError as e: raise ConfigError(f"patch: {e}") from e
     if c.batch_size % c.num_processes:

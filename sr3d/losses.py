@@ -12,8 +12,9 @@ from .core import PLANES
 from .weights import load_features
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'mse', 'gaussian_window', 'ssim3d', 'd_loss', 'adv_loss', 'check_slices',
-           'neighbour_stack', 'Perceptual25D', 'generator_loss']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'SAMPLINGS', 'mse', 'gaussian_window', 'ssim3d', 'd_loss', 'adv_loss', 'check_slices',
+           'vgg_images', 'neighbour_stack', 'image_errors', 'Perceptual25D', 'slice_scores', 'slice_probs',
+           'generator_loss']
 
 # %% ../nbs/losses.ipynb #9da7157f
 def mse(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
@@ -64,6 +65,7 @@ def adv_loss(fake_logit: torch.Tensor) -> torch.Tensor:
 
 # %% ../nbs/losses.ipynb #24ba75be
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SAMPLINGS = ('uniform', 'importance')  # how Perceptual25D draws its slices: the thesis's way, or by importance (below)
 
 def check_slices(n,  # slices per plane: an int >= 1 or 'full'
                  shape=None,  # (X, Y, Z) of the HR volumes the loss will see, if known
@@ -79,17 +81,29 @@ def check_slices(n,  # slices per plane: an int >= 1 or 'full'
         if n != 'full' and n > S:
             raise ValueError(f"vgg_n={n} is larger than the {S} slices of plane {plane} (HR shape {tuple(shape)})")
 
+def vgg_images(n,  # slices per plane: an int >= 0 or 'full'
+               shape,  # (X, Y, Z) of the HR volume
+              ) -> int:
+    "Images the 2.5D loss puts through VGG per volume, for SR and as many for HR: 3n, or every slice of every plane."
+    return sum(shape[a] for a in PLANES.values()) if n == 'full' else len(PLANES) * n
+
 def neighbour_stack(v: torch.Tensor,  # (B, 1, X, Y, Z)
                     axis: int,  # the axis of (X, Y, Z) the slices are taken along (`PLANES`)
-                    idx: torch.Tensor,  # slice indices
+                    idx: torch.Tensor,  # slice indices: `(n,)`, the same for every volume, or `(B, n)`, one row each
                    ) -> torch.Tensor:
     "`(B·n, 3, h, w)` images: slice `i` with slices `i−1` and `i+1` (edges replicated) as channels."
     S = v.shape[axis + 2]
-    nb = torch.stack([(idx - 1).clamp(min=0), idx, (idx + 1).clamp(max=S - 1)], 1).flatten().to(v.device)
-    s = v[:, 0].index_select(axis + 1, nb).movedim(axis + 1, 1)  # (B, 3n, h, w)
-    return s.reshape(v.shape[0] * len(idx), 3, *s.shape[2:])
+    nb = torch.stack([(idx - 1).clamp(min=0), idx, (idx + 1).clamp(max=S - 1)], -1).flatten(-2).to(v.device)
+    s = v[:, 0].movedim(axis + 1, 1)[torch.arange(len(v), device=v.device)[:, None], nb]  # (B, 3n, h, w)
+    return s.reshape(v.shape[0] * idx.shape[-1], 3, *s.shape[2:])
 
 # %% ../nbs/losses.ipynb #0623f539
+def image_errors(f_sr: torch.Tensor,  # SR features, (N, C, h, w)
+                 f_hr: torch.Tensor,  # HR features, the same shape
+                ) -> torch.Tensor:
+    "`(N,)`: each image's mean squared feature error, in float32."
+    return (f_sr.float() - f_hr.float()).pow(2).flatten(1).mean(1)
+
 class Perceptual25D(nn.Module):
     "2.5D VGG perceptual loss over `n` slices per plane (or `'full'`), SR and HR at the same indices."
     def __init__(self, n=10,  # slices per plane: an int >= 1, or 'full' for every slice
@@ -97,12 +111,18 @@ class Perceptual25D(nn.Module):
                  layer: int = 16,  # VGG16 features[:layer]; 16 ends at relu3_3
                  weights: str = 'imagenet',  # 'imagenet', a file path, or 'random' (see sr3d.weights)
                  seed: int = 0,  # seeds the slice draws
-                 chunk: int | None = None):  # at most this many images per VGG call (recomputed in backward); None: all
+                 chunk: int | None = None,  # at most this many images per VGG call (recomputed in backward); None: all
+                 sampling: str = 'uniform',  # 'uniform' (the thesis) or 'importance' (by HR structure; see below)
+                 floor: float = 0.3):  # 'importance': the share of a plane's probability spread evenly over its slices
         super().__init__()
         check_slices(n)
         if chunk is not None and not (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1):
             raise ValueError(f"vgg_chunk must be a positive int or None, got {chunk!r}")
-        self.n, self.resize, self.chunk = n, resize, chunk
+        if sampling not in SAMPLINGS: raise ValueError(f"vgg_sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        if sampling == 'importance' and n == 'full':
+            raise ValueError("vgg_sampling='importance' draws vgg_n slices per plane; vgg_n='full' uses every slice")
+        if not 0 < floor <= 1: raise ValueError(f"floor must be in (0, 1], so every slice can be drawn, got {floor!r}")
+        self.n, self.resize, self.chunk, self.sampling, self.floor = n, resize, chunk, sampling, floor
         vgg, self.weights = load_features('vgg16', weights, layer)
         self.vgg = vgg.eval().requires_grad_(False).to(memory_format=torch.channels_last)  # NHWC: no layout conversions
         self.register_buffer('mean', torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
@@ -122,6 +142,17 @@ class Perceptual25D(nn.Module):
         if self.n == 'full': return [torch.arange(S) for S in sizes]
         return [torch.randperm(S, generator=self.gen)[:self.n] for S in sizes]
 
+    def importance_draw(self, hr: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        "Per plane: `(B, n)` slice indices, each volume's drawn i.i.d. from its `slice_probs`; each image's 1/(S·p)."
+        check_slices(self.n, hr.shape[2:])
+        idx, weights = [], []
+        for axis in PLANES.values():
+            with torch.no_grad(): p = slice_probs(hr, axis, self.floor).cpu()  # drawn with this loss's CPU generator
+            i = torch.multinomial(p, self.n, replacement=True, generator=self.gen)
+            idx.append(i)
+            weights.append((1 / (p.shape[1] * p.gather(1, i))).flatten().to(hr.device))
+        return idx, weights
+
     def images(self, v: torch.Tensor, axis: int, idx: torch.Tensor) -> torch.Tensor:
         "VGG-ready images of one plane: neighbour-stacked, normalised, resized, in the VGG's channels-last layout."
         x = (neighbour_stack(v, axis, idx).to(self.mean.dtype) - self.mean) / self.std
@@ -130,8 +161,10 @@ class Perceptual25D(nn.Module):
 
     def forward(self, sr: torch.Tensor,  # (B, 1, X, Y, Z) generator output
                 hr: torch.Tensor,  # (B, 1, X, Y, Z) target
-                idx: list | None = None):  # slice indices per plane; drawn when None
-        idx = self.draw(sr.shape[2:]) if idx is None else idx
+                idx: list | None = None,  # slice indices per plane; drawn when None
+                weights: list | None = None):  # per plane, each image's weight; None: equal (a uniform draw)
+        if idx is None and self.sampling == 'importance': idx, weights = self.importance_draw(hr)
+        elif idx is None: idx = self.draw(sr.shape[2:])
         groups = {}  # image size -> [(plane number, SR images, HR images)], one VGG call per size
         for p, (axis, ix) in enumerate(zip(PLANES.values(), idx)):
             a = self.images(sr, axis, ix)
@@ -142,21 +175,41 @@ class Perceptual25D(nn.Module):
             counts = [a.shape[0] for _, a, _ in items]
             a, b = torch.cat([a for _, a, _ in items]), torch.cat([b for _, _, b in items])
             if self.chunk is not None and len(a) > self.chunk:
-                for (p, _, _), e in zip(items, self.chunked_errors(a, b).split(counts)): losses[p] = e.mean()
+                for (p, _, _), e in zip(items, self.chunked_errors(a, b).split(counts)):
+                    losses[p] = e.mean() if weights is None else (weights[p] * e).mean()
                 continue
             f_sr = self.vgg(a)
             with torch.no_grad(): f_hr = self.vgg(b)
             for (p, _, _), fs, fh in zip(items, f_sr.split(counts), f_hr.split(counts)):
-                losses[p] = F.mse_loss(fs.float(), fh.float())  # the mean: eq. (3.13) writes a squared norm (see above)
+                if weights is None: losses[p] = F.mse_loss(fs.float(), fh.float())  # the mean, not eq. (3.13)'s sum
+                else: losses[p] = (weights[p] * image_errors(fs, fh)).mean()  # 1/(S·p) each: unbiased, see below
         return torch.stack(losses).mean()
 
     def chunked_errors(self, a: torch.Tensor,  # SR images (with autograd)
                        b: torch.Tensor,  # HR images
                       ) -> torch.Tensor:
         "Per-image mean squared feature error, `self.chunk` images per VGG call; SR activations recomputed in backward."
-        def err(x, fh): return (self.vgg(x).float() - fh.float()).pow(2).flatten(1).mean(1)
+        def err(x, fh): return image_errors(self.vgg(x), fh)
         with torch.no_grad(): f_hr = [self.vgg(x) for x in b.split(self.chunk)]
         return torch.cat([checkpoint(err, x, fh, use_reentrant=False) for x, fh in zip(a.split(self.chunk), f_hr)])
+
+# %% ../nbs/losses.ipynb #b3f65894
+def slice_scores(v: torch.Tensor,  # (B, 1, X, Y, Z): the HR volumes
+                 axis: int,  # the axis of (X, Y, Z) the slices are taken along (`PLANES`)
+                ) -> torch.Tensor:
+    "`(B, S)`: each slice's in-plane gradient norm, √ of its squared neighbour differences along both in-plane axes."
+    x = v[:, 0].float().movedim(axis + 1, 1)  # (B, S, h, w)
+    return (x.diff(dim=2).pow(2).sum((2, 3)) + x.diff(dim=3).pow(2).sum((2, 3))).sqrt()
+
+def slice_probs(v: torch.Tensor,  # (B, 1, X, Y, Z): the HR volumes
+                axis: int,  # the axis the slices are taken along
+                floor: float = 0.3,  # this share of the probability is spread evenly over the slices
+               ) -> torch.Tensor:
+    "`(B, S)`: each slice's probability of being drawn, `floor`/S plus the rest in proportion to `slice_scores`."
+    g = slice_scores(v, axis)
+    total = g.sum(1, keepdim=True)
+    share = torch.where(total > 0, g / total.clamp(min=torch.finfo(g.dtype).tiny), 1 / g.shape[1])  # flat: even
+    return (1 - floor) * share + floor / g.shape[1]
 
 # %% ../nbs/losses.ipynb #66af7631
 def generator_loss(sr: torch.Tensor,  # generator output

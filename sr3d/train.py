@@ -16,13 +16,13 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from tqdm import tqdm  # text progress: no widget in papermill or a terminal
 import sr3d
-from .core import atomic, portable, project_root, resolve, write_text
+from .core import atomic, parse_size, portable, project_root, resolve, write_text
 # make_config too: scripts start a run with `from sr3d.train import make_config, launch`
-from .config import THESIS_PATCHES, ConfigError, TrainConfig, config_hash, data_path, make_config
-from .data import PatchPairs, hr_over_lr
+from .config import THESIS_PATCHES, ConfigError, TrainConfig, config_hash, data_path, make_config, vgg_schedule
+from .data import SCALE, PatchPairs, hr_over_lr
 from .prepare import read_list
 from .model import Discriminator, Generator, generator_record, intensity_record, save_generator
-from .losses import Perceptual25D, d_loss, generator_loss
+from .losses import Perceptual25D, d_loss, generator_loss, vgg_images
 from .weights import find_weights
 
 # %% auto #0
@@ -160,7 +160,8 @@ def build(c: TrainConfig,  # the configuration
     perceptual = None
     if c.vgg_n != 0:
         resize = None if c.vgg_resize == 'native' else c.vgg_resize
-        perceptual = Perceptual25D(c.vgg_n, resize, weights=c.weights, chunk=c.vgg_chunk).to(device)
+        perceptual = Perceptual25D(c.vgg_n, resize, weights=c.weights, chunk=c.vgg_chunk, sampling=c.vgg_sampling)
+        perceptual = perceptual.to(device)
     opt_g = torch.optim.Adam(G.parameters(), c.lr, betas=(0.9, 0.99))
     opt_d = torch.optim.Adam(D.parameters(), c.d_lr or c.lr, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.StepLR(opt_g, c.lr_step, c.lr_gamma)
@@ -306,6 +307,9 @@ def _train(c: TrainConfig, acc: Accelerator) -> Path:
     m.G, m.D, m.opt_g, m.opt_d = acc.prepare(m.G, m.D, m.opt_g, m.opt_d)
     if m.ema is not None: m.ema.to(acc.device)
     start, log = load_checkpoint(ckpt, m, acc) if ckpt.exists() else (0, [])
+    schedule = vgg_schedule(c)  # the perceptual loss's slices per plane, epoch by epoch
+    hr_shape = [SCALE * p for p in parse_size(c.patch)]
+    images = [len(sampler) * c.batch_size * vgg_images(n, hr_shape) for n in schedule]  # VGG images (SR) per epoch
     if acc.is_main_process:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         write_log(run_dir, log)
@@ -314,6 +318,7 @@ def _train(c: TrainConfig, acc: Accelerator) -> Path:
     for epoch in range(start, c.epochs):
         sampler.set_epoch(epoch)
         if m.perceptual is not None:
+            m.perceptual.n = schedule[epoch]
             draws = np.random.SeedSequence([c.seed, epoch, acc.process_index]).generate_state(1)[0]
             m.perceptual.gen.manual_seed(int(draws))
         m.G.train()
@@ -332,7 +337,8 @@ def _train(c: TrainConfig, acc: Accelerator) -> Path:
         if acc.device.type == 'cuda': torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         row = dict(epoch=epoch + 1, **{k: v / len(sampler) for k, v in sums.items()}, lr_g=m.sched.get_last_lr()[0],
-                   lr_d=m.opt_d.param_groups[0]['lr'], seconds=seconds, data_seconds=waited, steps=len(sampler))
+                   lr_d=m.opt_d.param_groups[0]['lr'], seconds=seconds, data_seconds=waited, steps=len(sampler),
+                   vgg_n=m.perceptual.n if m.perceptual is not None else 0, vgg_images=images[epoch])
 
         m.sched.step()
         log.append(row)
@@ -347,7 +353,7 @@ def _train(c: TrainConfig, acc: Accelerator) -> Path:
     if acc.is_main_process and not (run_dir/'generator.pt').exists():  # the average, when the run keeps one
         released = acc.unwrap_model(m.G) if m.ema is None else m.ema
         save_generator(released, run_dir/'generator.pt', intensity, epochs=c.epochs, config_hash=config_hash(c),
-                       weights='last' if m.ema is None else f'ema (decay {c.ema})')
+                       weights='last' if m.ema is None else f'ema (decay {c.ema})', vgg_images=sum(images))
 
     acc.wait_for_everyone()
     return run_dir

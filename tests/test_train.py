@@ -117,6 +117,25 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, 
     assert all(torch.isfinite(p).all() for p in g.parameters())
     assert not (tmp_path/'nan'/'generator.pt').exists()
 
+def test_schedule_sets_the_loss_n_every_epoch_and_the_run_records_it(tmp_path, monkeypatch, small_data):
+    "vgg_n_schedule with importance sampling: the loss draws each epoch's n; log.csv records n and the VGG images."
+    drawn, real = [], T.Perceptual25D.importance_draw
+    def spy(self, hr):
+        idx, w = real(self, hr)
+        drawn.append(tuple(idx[0].shape))
+        return idx, w
+    monkeypatch.setattr(T.Perceptual25D, 'importance_draw', spy)
+    c = tiny(tmp_path, 'sched', small_data, epochs=3, vgg_n=1, vgg_n_schedule='linear:1:3', vgg_sampling='importance')
+    run = T.launch(c)
+    log = np.genfromtxt(run/'log.csv', delimiter=',', names=True)
+    steps, batch = int(log['steps'][0]), TINY['batch_size']
+    assert drawn == [(batch, n) for n in (1, 2, 3) for _ in range(steps)]  # each volume its own n slices per plane
+    assert list(log['vgg_n']) == [1, 2, 3]
+    assert list(log['vgg_images']) == [steps * batch * 3 * n for n in (1, 2, 3)]
+    assert torch.load(run/'generator.pt', weights_only=True)['meta']['vgg_images'] == log['vgg_images'].sum()
+    cfg = json.loads((run/'config.json').read_text())['config']
+    assert (cfg['vgg_n_schedule'], cfg['vgg_sampling']) == ('linear:1:3', 'importance')
+
 def test_changed_configuration_is_not_mixed_into_a_run(tmp_path, small_data):
     c = tiny(tmp_path, 'r', small_data, epochs=1); T.open_run(c)
     other = tiny(tmp_path, 'r', small_data, epochs=2)

@@ -27,11 +27,12 @@ from .timing import (Step, accelerator, amp, best, free, interleaved, machine, m
                          whole_step)
 
 # %% auto #0
-__all__ = ['OOM_CHUNK', 'THESIS_PATCHES_PER_S', 'PERCEPTUAL_COLS', 'STEP_COLS', 'MONAI_CASES', 'MONAI_COLS', 'bench_cli',
-           'vgg_batches', 'vgg_floor', 'plain_perceptual', 'plain_agreement', 'perceptual_costs', 'thesis_ratio',
-           'lever_values', 'lever_rows', 'step_table', 'loading_rate', 'loading_table', 'monai_images', 'monai_ratio',
-           'monai_perceptual', 'monai_volumes', 'monai_costs', 'Run', 'headline', 'write_results', 'perceptual_section',
-           'step_section', 'loading_section', 'monai_section', 'monai_headline', 'inference_section', 'bench',
+__all__ = ['OOM_CHUNK', 'THESIS_PATCHES_PER_S', 'RECIPES', 'PERCEPTUAL_COLS', 'STEP_COLS', 'MONAI_CASES', 'MONAI_COLS',
+           'bench_cli', 'vgg_batches', 'vgg_floor', 'plain_perceptual', 'plain_agreement', 'perceptual_costs',
+           'thesis_ratio', 'lever_values', 'lever_rows', 'step_table', 'loading_rate', 'loading_table', 'monai_images',
+           'monai_ratio', 'monai_perceptual', 'monai_volumes', 'monai_costs', 'recipe_table', 'op_table',
+           'd_layer_table', 'Run', 'headline', 'write_results', 'perceptual_section', 'step_section', 'loading_section',
+           'monai_section', 'monai_headline', 'recipe_section', 'recipe_headline', 'inference_section', 'bench',
            'sr3d_bench']
 
 # %% ../nbs/bench.ipynb #3ffa9367
@@ -333,6 +334,77 @@ def monai_costs(sr: torch.Tensor, hr: torch.Tensor,  # (B, 1, X, Y, Z) in [0, 1]
                 per_image=(med['monai'] / theirs_n) / (med['sr3d'] / ours_n),
                 sr3d_peak_mb=peak['sr3d'], monai_peak_mb=peak['monai'], times=times)
 
+# %% ../nbs/bench.ipynb #cdead04e
+# a demo step as sr3d 0.2 ran it (batch 2, ten label classes) and each change on the way to the demo preset's step
+RECIPES = {'sr3d 0.2 demo step (batch 2, 10 label classes)': dict(batch_size=2, n_classes=10),
+           'batch 4, 10 label classes': dict(batch_size=4, n_classes=10),
+           'the demo preset (batch 4, 1 label class)': {},
+           'the demo preset in float32': dict(mixed_precision='no')}
+
+def recipe_table(c: TrainConfig,  # the preset's configuration; each recipe is it with its changes
+                 recipes: dict = RECIPES,  # name -> changes to `c`
+                 device='cpu', reps: int = 3, warmup: int = 3,  # where; timed rounds, untimed steps first
+                ) -> pd.DataFrame:
+    "Milliseconds per training sample of each recipe's step and of its parts, interleaved within each precision."
+    configs = {name: TrainConfig(**{**asdict(c), **changes}) for name, changes in recipes.items()}
+    res = {}
+    for precision in dict.fromkeys(resolve_precision(rc.mixed_precision) for rc in configs.values()):
+        group = [n for n, rc in configs.items() if resolve_precision(rc.mixed_precision) == precision]
+        with accelerator(device, precision) as acc:
+            setups = {n: step_setup(configs[n], acc) for n in group}
+            for s in setups.values():
+                for _ in range(warmup): whole_step(s)
+            for _ in range(reps):
+                for n, s in setups.items():
+                    r = res.setdefault(n, dict(step=[], parts=[], precision=precision))
+                    r['step'].append(best(interleaved({'step': lambda: whole_step(s)}, 1, 0, device))['step'])
+                    r['parts'].append(step_parts(s))
+            setups.clear()
+            free(device)
+    rows = []
+    for n, rc in configs.items():
+        m, B = res[n], rc.batch_size
+        rows.append(dict(recipe=n, precision=m['precision'], batch=B, n_classes=rc.n_classes, step_s=min(m['step']),
+                         ms_per_sample=1000 * min(m['step']) / B,
+                         **{f'{p} ms': 1000 * min(d[p] for d in m['parts']) / B for p in STEP_PARTS}))
+    first = rows[0]['ms_per_sample']
+    return pd.DataFrame([dict(r, speedup=first / r['ms_per_sample']) for r in rows])
+
+def op_table(s: Step,  # a set-up step (`sr3d.timing.step_setup`)
+             top: int = 10,  # rows
+            ) -> pd.DataFrame:
+    "The operators that take one step's time (torch.profiler's self CPU time), largest first, per training sample."
+    whole_step(s)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof: whole_step(s)
+    ev = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in ev)
+    rows = [dict(op=e.key, ms_per_sample=e.self_cpu_time_total / 1e3 / s.c.batch_size, share=e.self_cpu_time_total / total,
+                 calls=e.count) for e in ev]
+    return pd.DataFrame(rows).sort_values('ms_per_sample', ascending=False).head(top).reset_index(drop=True)
+
+def d_layer_table(s: Step,  # a set-up step
+                  reps: int = 3,  # timed rounds
+                 ) -> pd.DataFrame:
+    "Each of D's convolutions alone on the input it gets in the step: forward + backward ms per sample, share of D's."
+    D, (lr, hr, y) = s.acc.unwrap_model(s.m.D), s.batch
+    convs = {name: m for name, m in D.named_modules() if isinstance(m, torch.nn.Conv3d)}
+    seen = {}
+    def keep(k):
+        def hook(module, inputs, output): seen[k] = inputs[0].detach()  # returns None: the output stands
+        return hook
+    hooks = [m.register_forward_hook(keep(k)) for k, m in convs.items()]
+    with torch.no_grad(), s.acc.autocast(): D(torch.cat([hr, hr]), torch.cat([y, y]))  # real and fake, as a step does
+    for h in hooks: h.remove()
+    def fwd_bwd(k):
+        def run():
+            with s.acc.autocast(): out = convs[k](seen[k].requires_grad_())
+            out.float().sum().backward()
+        return run
+    t = best(interleaved({k: fwd_bwd(k) for k in convs}, reps, 1, s.acc.device))
+    B = s.c.batch_size
+    return pd.DataFrame([dict(layer=k, input=tuple(seen[k].shape[1:]), ms_per_sample=1000 * t[k] / B,
+                              share=t[k] / sum(t.values())) for k in convs])
+
 # %% ../nbs/bench.ipynb #3fea4a9f
 PERCEPTUAL_COLS = ['n', 'resize', 'images', 'precision', 'loss_s', 'floor_s', 'floor_nchw_s', 'floor_channels_last_s',
                    'plain_s', 'loss_over_floor', 'speedup_vs_plain']
@@ -435,13 +507,28 @@ def monai_headline(rows: list) -> str:
     return "MONAI / sr3d 2.5D loss time at matched slices: " + ', '.join(
         f"{r['monai_over_sr3d']:.2f}x ({r['shape']} x{r['batch']}, n={r['n']}, {r['precision']})" for r in rows)
 
+def recipe_section(b: Run):
+    "The demo recipe's step before and after, per training sample; where today's step goes by operator, and D by layer."
+    b.table('recipe', 'The demo step, from sr3d 0.2 to the demo preset: ms per training sample, by part',
+            recipe_table(b.c, RECIPES, b.device, b.reps))
+    with accelerator(b.device, b.precision) as acc:
+        s = step_setup(b.c, acc)
+        b.table('ops', f'One step of the {b.c.preset} preset by operator (self CPU time, ms per training sample)', op_table(s))
+        b.table('d_layers', "The discriminator by layer: each convolution alone, forward + backward", d_layer_table(s, b.reps))
+
+def recipe_headline(rows: list) -> str:
+    "The recipe bench's last line: the demo step per training sample, before and after."
+    first, now = rows[0], next(r for r in rows if r['recipe'] == 'the demo preset (batch 4, 1 label class)')
+    return (f"demo step per training sample: {first['ms_per_sample']:.1f} ms ({first['recipe']}) -> "
+            f"{now['ms_per_sample']:.1f} ms (the demo preset, {now['precision']}): {now['speedup']:.2f}x")
+
 def inference_section(b: Run):
     "Whole and tiled inference of the paper model."
     rows = [r for p in (['no', 'bf16'] if b.device.type == 'cuda' else ['no']) for r in inference_costs(b.device, p)]
     b.table('inference', 'Inference, paper model, 60x60x39 -> 240x240x156', pd.DataFrame(rows))
 
 # %% ../nbs/bench.ipynb #754e79fb
-def bench(mode: str = 'full',  # 'quick', 'full', 'gpu' or 'monai'
+def bench(mode: str = 'full',  # 'quick', 'full', 'gpu', 'monai' or 'recipe'
           preset: str | None = None,  # default: 'demo' on a CPU, 'paper' with mode 'gpu'
           device=None,  # default: 'cuda' for mode 'gpu', else 'cpu'
           out=None,  # folder for bench.json and bench.md; default outputs/bench/<mode>
@@ -451,13 +538,13 @@ def bench(mode: str = 'full',  # 'quick', 'full', 'gpu' or 'monai'
           compile: bool = True,  # mode 'gpu': include the torch.compile variant (its compilation takes minutes)
          ) -> dict:
     "Measure, print and write the costs of training and inference; the headline is printed last."
-    if mode not in ('quick', 'full', 'gpu', 'monai'):
-        raise ValueError(f"mode must be 'quick', 'full', 'gpu' or 'monai', got {mode!r}")
+    if mode not in ('quick', 'full', 'gpu', 'monai', 'recipe'):
+        raise ValueError(f"mode must be 'quick', 'full', 'gpu', 'monai' or 'recipe', got {mode!r}")
     device = torch.device(device or ('cuda' if mode == 'gpu' else 'cpu'))
     if mode == 'gpu' and device.type != 'cuda': raise ValueError(f"mode 'gpu' needs a CUDA device, got {device}")
     if threads: torch.set_num_threads(threads)
     c = make_config(preset or ('paper' if mode == 'gpu' else 'demo'), check_data=False)
-    precision, reps = resolve_precision(c.mixed_precision), reps or dict(quick=4, monai=5).get(mode, 3)
+    precision, reps = resolve_precision(c.mixed_precision), reps or dict(quick=4, monai=5, recipe=5).get(mode, 3)
     t_start = time.perf_counter()
     res = dict(mode=mode, machine=machine(device), preset=c.preset, config=asdict(c), precision=precision, reps=reps,
                statistic='median over interleaved rounds' if mode == 'monai' else
@@ -476,6 +563,9 @@ def bench(mode: str = 'full',  # 'quick', 'full', 'gpu' or 'monai'
     if mode == 'monai':
         monai_section(b)
         res['headline'] = monai_headline(res['monai'])
+    elif mode == 'recipe':
+        recipe_section(b)
+        res['headline'] = recipe_headline(res['recipe'])
     else:
         perceptual_section(b)
         steps = step_section(b)
@@ -501,6 +591,7 @@ def bench(mode: str = 'full',  # 'quick', 'full', 'gpu' or 'monai'
 def sr3d_bench(quick: bool = False,  # a few minutes on a 2-core CPU: the loss at n=10, the step with and without it
                gpu: bool = False,  # on a CUDA GPU, paper preset: the full bench plus the GPU sections of nbs/gpu.ipynb
                monai: bool = False,  # sr3d's 2.5D loss beside MONAI's PerceptualLoss(vgg, fake 3D); needs MONAI
+               recipe: bool = False,  # the demo step per training sample, sr3d 0.2's and today's, by part and operator
                preset: str | None = None,  # 'demo' or 'paper'; default: demo (CPU) or paper (--gpu)
                device: str | None = None,  # default: cuda with --gpu, else cpu
                out: str | None = None,  # folder for bench.json and bench.md (default outputs/bench/<mode>)
@@ -510,8 +601,8 @@ def sr3d_bench(quick: bool = False,  # a few minutes on a 2-core CPU: the loss a
                compile: bool = True,  # with --gpu: include the torch.compile variant (--no-compile leaves it out)
               ):
     "Measure what sr3d training and inference cost; the last line is the perceptual loss over its VGG floor."
-    if quick + gpu + monai > 1: raise ValueError('give at most one of --quick, --gpu and --monai')
-    mode = 'quick' if quick else 'gpu' if gpu else 'monai' if monai else 'full'
+    if quick + gpu + monai + recipe > 1: raise ValueError('give at most one of --quick, --gpu, --monai and --recipe')
+    mode = 'quick' if quick else 'gpu' if gpu else 'monai' if monai else 'recipe' if recipe else 'full'
     bench(mode, preset, device, out, reps, resize, threads, compile)
 
 bench_cli = script(sr3d_bench)

@@ -60,9 +60,9 @@ class TrainConfig:
 
 PRESETS = {
     'paper': {},
-    'demo': dict(data='demo', nf=16, gc=8, n_rrdb=2, d_nf=16, interp_residual=True, patch='8,8,6', patches_per_volume=3,
-                 patch_mode='random', batch_size=2, epochs=6, lr=2e-3, d_lr=2e-4, lr_step=4, vgg_n=3,
-                 vgg_resize='native', mixed_precision='auto', ckpt_every=1, num_workers=0),
+    'demo': dict(data='demo', nf=16, gc=8, n_rrdb=2, d_nf=16, n_classes=1, interp_residual=True, patch='8,8,6',
+                 patches_per_volume=4, patch_mode='random', batch_size=4, epochs=30, lr=2e-3, d_lr=2e-4, lr_step=20,
+                 ema=0.995, vgg_n=3, vgg_resize='native', mixed_precision='auto', ckpt_every=5, num_workers=0),
 }
 FIELDS = [f.name for f in fields(TrainConfig)]
 RESULT_FIELDS = [k for k in FIELDS if k not in ('run_dir', 'ckpt_every', 'num_workers', 'vgg_chunk')]  # change results

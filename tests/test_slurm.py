@@ -122,6 +122,12 @@ def test_study_on_slurm(cluster, tmp_path, small_data, monkeypatch):
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith('1 finished, 1 failed') and f'| {B} | failed | {array}_1 |' in p.stdout, p.stdout
 
+    # submitting again submits what did not finish, and only that
+    submit_study(GRID, out, data, SlurmOptions(jobs=2, gpus_per_run=0))
+    again = submissions(out)[-1]
+    subprocess.run(['scancel', again['array'], again['summary']], check=True)
+    assert len(submissions(out)) == 2 and again['runs'] == [B]
+
 def test_two_processes_under_slurm_equal_two_here(cluster, tmp_path, small_data, monkeypatch):
     "Two gloo processes started by srun (rendezvous from Slurm's environment) train the weights two local ones do."
     monkeypatch.setenv('OMP_NUM_THREADS', '1')

@@ -63,6 +63,12 @@ def shown(path, root: Path) -> str:
     path = Path(path)
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
+def _where(opts: SlurmOptions) -> list[str]:
+    "The options every job of the study takes: partition, account and the extra ones."
+    where = [f'--partition={opts.partition}'] if opts.partition else []
+    if opts.account: where.append(f'--account={opts.account}')
+    return where + opts.extra
+
 def _script(comment: str, options: list[str], command: list[str]) -> str:
     return '\n'.join(['#!/bin/bash', f'# {comment}', *[f'#SBATCH {o}' for o in options], 'set -eu', *command]) + '\n'
 
@@ -78,22 +84,21 @@ def array_script(study: Path,  # the study folder
     options = [f'--job-name=sr3d-{Path(study).name}', f'--array=0-{len(names) - 1}%{opts.jobs}', f'--chdir={root}',
                f'--output={s}/slurm/%A_%a.log', '--open-mode=append', '--requeue', f'--nodes={opts.nodes_per_run}',
                '--ntasks-per-node=1']
-    options += [f'--gres=gpu:{opts.gpus_per_run}'] * bool(opts.gpus_per_run)
-    options += [f'--time={opts.time_limit}'] * bool(opts.time_limit)
-    options += [f'--partition={opts.partition}'] * bool(opts.partition) + [f'--account={opts.account}'] * bool(opts.account)
+    if opts.gpus_per_run: options.append(f'--gres=gpu:{opts.gpus_per_run}')
+    if opts.time_limit: options.append(f'--time={opts.time_limit}')
     command = ['runs=(' + ' '.join(map(shlex.quote, names)) + ')',
                f'exec {shlex.quote(python)} -m sr3d.slurm run {shlex.quote(s)} "${{runs[$SLURM_ARRAY_TASK_ID]}}"']
-    return _script(f'sr3d study {s}: one run per array task (written by sr3d_study --slurm)', options + opts.extra, command)
+    return _script(f'sr3d study {s}: one run per array task (written by sr3d_study --slurm)',
+                   options + _where(opts), command)
 
 def summary_script(study: Path, opts: SlurmOptions, root: Path | None = None, python: str | None = None) -> str:
     "The batch script of the summary job: the study's summary notebook, after its runs (submitted with afterany)."
     root, python = root or project_root(), python or sys.executable
     s = shown(study, root)
     options = [f'--job-name=sr3d-{Path(study).name}-summary', f'--chdir={root}', f'--output={s}/slurm/summary-%j.log']
-    options += [f'--partition={opts.partition}'] * bool(opts.partition) + [f'--account={opts.account}'] * bool(opts.account)
     command = [f'exec {shlex.quote(python)} -m sr3d.slurm summary {shlex.quote(s)}']
     return _script(f'sr3d study {s}: its summary, once every run has ended (written by sr3d_study --slurm)',
-                   options + opts.extra, command)
+                   options + _where(opts), command)
 
 # %% ../nbs/slurm.ipynb #e29c4147
 def study_grid(study: Path) -> tuple[Grid, str | None]:

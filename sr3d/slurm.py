@@ -228,6 +228,10 @@ def _to_submit(rows: list[dict]) -> list[str]:
     "The runs neither finished, invalid, queued nor running."
     return [r['run'] for r in rows if r['folder'] not in ('finished', 'invalid') and r['status'] not in ('queued', 'running')]
 
+def _invalid(rows: list[dict]) -> str:
+    "What is never submitted: the runs whose configuration fails its checks, one line each."
+    return ''.join(f"\n# not submitted: {r['run']}: {r['detail']}" for r in rows if r['folder'] == 'invalid')
+
 def submit_study(grid: Grid,  # what to run
                  out,  # the study's folder
                  data=None,  # a prepared list file for every run (default: the preset's)
@@ -238,11 +242,11 @@ def submit_study(grid: Grid,  # what to run
     opts, out, root = opts or SlurmOptions(), Path(out).absolute(), project_root()
     grid, s = slurm_grid(grid, opts), shown(out, root)
     if dry_run:
-        names = _to_submit(run_rows(grid, out, data))
-        if not names: return f"study {s}: nothing to submit"
+        rows = run_rows(grid, out, data)
+        if not (names := _to_submit(rows)): return f"study {s}: nothing to submit" + _invalid(rows)
         return (f"# {s}/slurm/runs.sh\n{array_script(out, names, opts)}\n# {s}/slurm/summary.sh\n{summary_script(out, opts)}\n"
                 f"# to submit by hand, from {root}:\nmkdir -p {s}/slurm\narray=$(sbatch --parsable {s}/slurm/runs.sh)\n"
-                f"sbatch --dependency=afterany:$array {s}/slurm/summary.sh")
+                f"sbatch --dependency=afterany:$array {s}/slurm/summary.sh" + _invalid(rows))
     if not shutil.which('sbatch'): raise ConfigError("slurm: sbatch not found; Slurm's client commands must be on PATH")
     (out/'runs').mkdir(parents=True, exist_ok=True)
     (out/'slurm').mkdir(exist_ok=True)
@@ -252,7 +256,7 @@ def submit_study(grid: Grid,  # what to run
         names, busy = _to_submit(rows), [r for r in rows if r['status'] in ('queued', 'running')]
         if not names:
             return f"study {s}: nothing to submit ({len(busy)} runs queued or running, " \
-                   f"{sum(r['status'] == 'finished' for r in rows)} finished)"
+                   f"{sum(r['status'] == 'finished' for r in rows)} finished)" + _invalid(rows)
         subs = submissions(out)
         k = len(subs)
         array = sbatch(write_text(out/'slurm'/f'runs-{k}.sh', array_script(out, names, opts)))
@@ -264,7 +268,7 @@ def submit_study(grid: Grid,  # what to run
         write_text(out/'slurm'/'jobs.json', json.dumps(subs, indent=1))
     return (f"study {s}: submitted {len(names)} runs as job array {array} ({opts.jobs} at a time) and summary job "
             f"{subs[-1]['summary']} (after afterany:{after}); {len(busy)} runs already queued or running\n"
-            f"logs: {s}/slurm/{array}_<task>.log and {s}/runs/<run>.log; progress: sr3d_study ... --status")
+            f"logs: {s}/slurm/{array}_<task>.log and {s}/runs/<run>.log; progress: sr3d_study ... --status" + _invalid(rows))
 
 # %% ../nbs/slurm.ipynb #9755e535
 def summary_task(study,  # the study folder (relative paths from the project root)

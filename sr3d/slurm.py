@@ -8,16 +8,16 @@ import json, os, platform, pwd, shlex, shutil, subprocess, sys, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import pandas as pd
-from .core import markdown_table, project_root, resolve, write_text
+from .core import CommandError, markdown_table, portable, project_root, resolve, write_text
 from .config import ConfigError
 from .study import (NOTEBOOK, Grid, execute, grid_runs, plan, run_settings, run_state, run_summary, save_state,
                         study_lock)
 
 # %% auto #0
-__all__ = ['OWN', 'QUEUED', 'RUNNING', 'sbatch_option', 'SlurmOptions', 'slurm_grid', 'shown', 'array_script', 'summary_script',
-           'study_grid', 'task_record', 'run_task', 'parse_queue', 'queue', 'submissions', 'latest_tasks', 'run_rows',
-           'study_status', 'sbatch', 'submit_study', 'summary_task', 'in_allocation', 'srun_command', 'rendezvous',
-           'torchrun_command', 'main']
+__all__ = ['OWN', 'QUEUED', 'RUNNING', 'sbatch_option', 'SlurmOptions', 'slurm_grid', 'script_path', 'array_script',
+           'summary_script', 'study_grid', 'task_record', 'run_task', 'parse_queue', 'queue', 'submissions',
+           'latest_tasks', 'run_rows', 'study_status', 'sbatch', 'submit_study', 'summary_task', 'in_allocation',
+           'srun_command', 'rendezvous', 'torchrun_command', 'main']
 
 # %% ../nbs/slurm.ipynb #4f00e47f
 OWN = ('array', 'output', 'error', 'open-mode', 'chdir', 'job-name', 'dependency', 'requeue', 'no-requeue',
@@ -58,10 +58,10 @@ def slurm_grid(grid: Grid, opts: SlurmOptions) -> Grid:
     return Grid(**{**asdict(grid), 'overrides': {**grid.overrides, 'num_processes': opts.processes}})
 
 # %% ../nbs/slurm.ipynb #1b48ca89
-def shown(path, root: Path) -> str:
-    "`path` relative to `root` when inside it (what a script or message shows), else absolute."
-    path = Path(path)
-    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+def script_path(p) -> str:
+    "How a job script names path `p`: relative to the project root inside it, else absolute (sbatch expands no `~`)."
+    q = portable(p)
+    return str(resolve(q)) if q.startswith('~') else q
 
 def _where(opts: SlurmOptions) -> list[str]:
     "The options every job of the study takes: partition, account and the extra ones."
@@ -75,28 +75,26 @@ def _script(comment: str, options: list[str], command: list[str]) -> str:
 def array_script(study: Path,  # the study folder
                  names: list[str],  # the runs, one array task each
                  opts: SlurmOptions,
-                 root: Path | None = None,  # where the jobs run (default: the project root)
-                 python: str | None = None,  # the Python that has sr3d (default: this one)
                 ) -> str:
-    "The batch script of one job array running `names` of `study`, one run per task."
-    root, python = root or project_root(), python or sys.executable
-    s = shown(study, root)
-    options = [f'--job-name=sr3d-{Path(study).name}', f'--array=0-{len(names) - 1}%{opts.jobs}', f'--chdir={root}',
+    "The batch script of one job array running `names` of `study`, one run per task, from this checkout and Python."
+    s = script_path(study)
+    options = [f'--job-name=sr3d-{Path(study).name}', f'--array=0-{len(names) - 1}%{opts.jobs}',
+               f'--chdir={project_root()}',
                f'--output={s}/slurm/%A_%a.log', '--open-mode=append', '--requeue', f'--nodes={opts.nodes_per_run}',
                '--ntasks-per-node=1']
     if opts.gpus_per_run: options.append(f'--gres=gpu:{opts.gpus_per_run}')
     if opts.time_limit: options.append(f'--time={opts.time_limit}')
     command = ['runs=(' + ' '.join(map(shlex.quote, names)) + ')',
-               f'exec {shlex.quote(python)} -m sr3d.slurm run {shlex.quote(s)} "${{runs[$SLURM_ARRAY_TASK_ID]}}"']
+               f'exec {shlex.quote(sys.executable)} -m sr3d.slurm run {shlex.quote(s)} "${{runs[$SLURM_ARRAY_TASK_ID]}}"']
     return _script(f'sr3d study {s}: one run per array task (written by sr3d_study --slurm)',
                    options + _where(opts), command)
 
-def summary_script(study: Path, opts: SlurmOptions, root: Path | None = None, python: str | None = None) -> str:
+def summary_script(study: Path, opts: SlurmOptions) -> str:
     "The batch script of the summary job: the study's summary notebook, after its runs (submitted with afterany)."
-    root, python = root or project_root(), python or sys.executable
-    s = shown(study, root)
-    options = [f'--job-name=sr3d-{Path(study).name}-summary', f'--chdir={root}', f'--output={s}/slurm/summary-%j.log']
-    command = [f'exec {shlex.quote(python)} -m sr3d.slurm summary {shlex.quote(s)}']
+    s = script_path(study)
+    options = [f'--job-name=sr3d-{Path(study).name}-summary', f'--chdir={project_root()}',
+               f'--output={s}/slurm/summary-%j.log']
+    command = [f'exec {shlex.quote(sys.executable)} -m sr3d.slurm summary {shlex.quote(s)}']
     return _script(f'sr3d study {s}: its summary, once every run has ended (written by sr3d_study --slurm)',
                    options + _where(opts), command)
 
@@ -157,8 +155,8 @@ def queue() -> dict[str, tuple[str, str]]:
     cmd = ['squeue', '--noheader', '--array', '--states=all', f'--user={pwd.getpwuid(os.getuid()).pw_name}',
            '--format=%i|%T|%r']
     try: p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    except subprocess.TimeoutExpired: raise RuntimeError('slurm: squeue did not answer within 30 s') from None
-    if p.returncode: raise RuntimeError(f"slurm: squeue failed: {p.stderr.strip()}")
+    except subprocess.TimeoutExpired: raise CommandError('slurm: squeue did not answer within 30 s') from None
+    if p.returncode: raise CommandError(f"slurm: squeue failed: {p.stderr.strip()}")
     return parse_queue(p.stdout)
 
 # %% ../nbs/slurm.ipynb #fc605f31
@@ -177,7 +175,7 @@ def _progress(run_dir: Path) -> str:
 
 def _failure(study: Path, name: str, job: str, q: dict) -> str:
     "Why run `name`, whose task `job` has ended, did not finish."
-    f, log = task_record(study, name), shown(study/'slurm'/f'{job}.log', project_root())
+    f, log = task_record(study, name), portable(study/'slurm'/f'{job}.log')
     rec = json.loads(f.read_text()) if f.exists() else {}
     if rec.get('job') == job and rec.get('error'): return f"{rec['error']} (log: {log})"
     said = f"Slurm says {q[job][0]}" if job in q else 'no longer in the queue'
@@ -199,7 +197,7 @@ def run_rows(grid: Grid, study: Path, data=None,
             continue
         if folder == 'finished': status, detail = 'finished', ''
         elif job in q and q[job][0] in QUEUED: status, detail = 'queued', q[job][1]
-        elif job in q and q[job][0] in RUNNING: status, detail = 'running', _progress(Path(params['run_dir']))
+        elif job in q and q[job][0] in RUNNING: status, detail = 'running', _progress(resolve(params['run_dir']))
         elif job: status, detail = 'failed', _failure(study, name, job, q)
         else:
             local = state.get('runs', {}).get(name, {})
@@ -221,7 +219,7 @@ def study_status(study,  # a study folder
 def sbatch(script: Path, *options: str) -> str:
     "Submit `script` with sbatch; its job id."
     p = subprocess.run(['sbatch', '--parsable', *options, str(script)], capture_output=True, text=True, timeout=60)
-    if p.returncode: raise RuntimeError(f"slurm: sbatch {script.name} failed: {p.stderr.strip()}")
+    if p.returncode: raise CommandError(f"slurm: sbatch {script.name} failed: {p.stderr.strip()}")
     return p.stdout.strip().split(';')[0]
 
 def _to_submit(rows: list[dict]) -> list[str]:
@@ -239,13 +237,13 @@ def submit_study(grid: Grid,  # what to run
                  dry_run: bool = False,  # return the scripts, submit nothing
                 ) -> str:
     "Submit every run of `grid` in `out` that is neither finished nor queued as one job array, and a summary job."
-    opts, out, root = opts or SlurmOptions(), Path(out).absolute(), project_root()
-    grid, s = slurm_grid(grid, opts), shown(out, root)
+    opts, out = opts or SlurmOptions(), Path(out).absolute()
+    grid, s = slurm_grid(grid, opts), portable(out)
     if dry_run:
         rows = run_rows(grid, out, data)
         if not (names := _to_submit(rows)): return f"study {s}: nothing to submit" + _invalid(rows)
         return (f"# {s}/slurm/runs.sh\n{array_script(out, names, opts)}\n# {s}/slurm/summary.sh\n{summary_script(out, opts)}\n"
-                f"# to submit by hand, from {root}:\nmkdir -p {s}/slurm\narray=$(sbatch --parsable {s}/slurm/runs.sh)\n"
+                f"# to submit by hand, from {project_root()}:\nmkdir -p {s}/slurm\narray=$(sbatch --parsable {s}/slurm/runs.sh)\n"
                 f"sbatch --dependency=afterany:$array {s}/slurm/summary.sh" + _invalid(rows))
     if not shutil.which('sbatch'): raise ConfigError("slurm: sbatch not found; Slurm's client commands must be on PATH")
     (out/'runs').mkdir(parents=True, exist_ok=True)
@@ -283,7 +281,7 @@ def summary_task(study,  # the study folder (relative paths from the project roo
                 state['runs'].setdefault(r['run'], {}).update(status=r['status'], error=r['detail'] or None)
         save_state(study, state)
     nb = run_summary(study)
-    print(f"[sr3d slurm] summary: {shown(nb, project_root())}", flush=True)
+    print(f"[sr3d slurm] summary: {portable(nb)}", flush=True)
     return nb
 
 # %% ../nbs/slurm.ipynb #c36b3dab

@@ -274,6 +274,14 @@ def sr3d_study(preset: str | None = None,  # the preset's grid: 'demo' (this CPU
                jobs: int = 1,  # runs at a time
                devices: str | None = None,  # GPU ids shared among parallel runs, e.g. 0,1,2,3
                gpus_per_run: int = 1,  # GPUs per run (each run data-parallel over them)
+               slurm: bool = False,  # submit the runs to Slurm as one job array, and the summary as a job after it
+               dry_run: bool = False,  # with --slurm: print the job scripts, submit nothing
+               status: bool = False,  # print every run's status (finished / running / queued / failed) and stop
+               nodes_per_run: int = 1,  # with --slurm: nodes per run (its processes: nodes x GPUs per run)
+               time_limit: str | None = None,  # with --slurm: each run's time limit, e.g. 2-00:00:00
+               partition: str | None = None,  # with --slurm: the partition
+               account: str | None = None,  # with --slurm: the account charged
+               sbatch: list = None,  # with --slurm: further sbatch options as KEY=VALUE or FLAG, e.g. qos=high mem=64G
               ) -> str:
     "Run the thesis's ablations as executed notebooks, then the study's tables and summary."
     if (preset is None) == (grid is None): raise ConfigError('study: give exactly one of --preset or --grid')
@@ -286,6 +294,13 @@ def sr3d_study(preset: str | None = None,  # the preset's grid: 'demo' (this CPU
         if unknown := sorted({*extra} - {*FIELDS}): raise ConfigError(f"set: unknown parameters {unknown}")
         g = Grid(**{**asdict(g), 'overrides': {**g.overrides, **extra}})
     out = resolve(out or f'outputs/{g.preset}')
+    from sr3d.slurm import SlurmOptions, study_status, submit_study  # sr3d.slurm builds on this module
+    if status: return study_status(out)
+    if slurm and devices: raise ConfigError('devices: Slurm gives each run its GPUs; leave out --devices with --slurm')
+    if slurm: return submit_study(g, out, data, SlurmOptions(jobs, gpus_per_run, nodes_per_run, time_limit, partition,
+                                                             account, sbatch or []), dry_run)
+    if dry_run or time_limit or partition or account or sbatch or nodes_per_run != 1:
+        raise ConfigError('slurm: --dry-run, --nodes-per-run, --time-limit, --partition, --account and --sbatch go with --slurm')
     run_study(g, out, data, jobs, [int(d) for d in devices.split(',')] if devices else None, gpus_per_run)
     runs = json.loads((out/'study.json').read_text())['runs']
     failed = [n for n, r in runs.items() if r['status'] != 'finished']

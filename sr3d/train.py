@@ -24,6 +24,7 @@ from .prepare import read_list
 from .model import Discriminator, Generator, generator_record, intensity_record, save_generator
 from .losses import Perceptual25D, d_loss, generator_loss, vgg_images
 from .weights import find_weights
+from .slurm import in_allocation, srun_command
 
 # %% auto #0
 __all__ = ['STEP_PARTS', 'cpu_model', 'cpu_name', 'provenance', 'resolve_precision', 'open_run', 'load_config', 'epoch_batches',
@@ -369,8 +370,10 @@ def launch(c: TrainConfig,  # a checked configuration
         try: fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError: raise ConfigError(f"run_dir: {run_dir} is being trained by another process") from None
         if c.num_processes == 1: return train(c)
-        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={c.num_processes}',
-               '-m', 'sr3d.train', str(run_dir/'config.json')]
+        config = run_dir/'config.json'
+        cmd = srun_command(c.num_processes, config) if in_allocation() else [
+            sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={c.num_processes}',
+            '-m', 'sr3d.train', str(config)]
         print('launching:', ' '.join(cmd))
         p = subprocess.run(cmd, cwd=project_root())
         if p.returncode != 0:

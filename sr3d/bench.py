@@ -334,7 +334,7 @@ def monai_costs(sr: torch.Tensor, hr: torch.Tensor,  # (B, 1, X, Y, Z) in [0, 1]
                 per_image=(med['monai'] / theirs_n) / (med['sr3d'] / ours_n),
                 sr3d_peak_mb=peak['sr3d'], monai_peak_mb=peak['monai'], times=times)
 
-# %% ../nbs/bench.ipynb #cdead04e
+# %% ../nbs/bench.ipynb #ea74d5e3
 # a demo step as sr3d 0.2 ran it (batch 2, ten label classes) and each change on the way to the demo preset's step
 RECIPES = {'sr3d 0.2 demo step (batch 2, 10 label classes)': dict(batch_size=2, n_classes=10),
            'batch 4, 10 label classes': dict(batch_size=4, n_classes=10),

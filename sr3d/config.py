@@ -61,7 +61,7 @@ class TrainConfig:
 PRESETS = {
     'paper': {},
     'demo': dict(data='demo', nf=16, gc=8, n_rrdb=2, d_nf=16, n_classes=1, interp_residual=True, patch='8,8,6',
-                 patches_per_volume=4, patch_mode='random', batch_size=4, epochs=30, lr=2e-3, d_lr=2e-4, lr_step=20,
+                 patches_per_volume=4, patch_mode='random', batch_size=4, epochs=24, lr=2e-3, d_lr=2e-4, lr_step=16,
                  ema=0.995, vgg_n=3, vgg_resize='native', mixed_precision='auto', ckpt_every=5, num_workers=0),
 }
 FIELDS = [f.name for f in fields(TrainConfig)]

@@ -28,7 +28,7 @@ class Grid:
     "A study's configurations: a baseline and tables that vary parameters around it."
     preset: str  # the train preset every run starts from
     baseline: dict  # the settings of the shared baseline run
-    tables: dict  # title -> {parameter: [values]}; a table's runs are the product of its lists over the baseline
+    tables: dict  # title -> {parameter: [values]} (the product of the lists) or [changes, ...] (a run each)
     overrides: dict = field(default_factory=dict)  # settings applied to every run (e.g. epochs)
     scaling: str = ''  # how this grid relates to the thesis's
 
@@ -43,7 +43,8 @@ GRIDS = {
         'Table 4.2 — VGG slices per plane': {'vgg_n': [0, 3, 6, 9, 'full']},
         'Table 4.3 — RRDB blocks': {'n_rrdb': [1, 2, 3]},
         'Table 4.4 — LR patch size': {'patch': ['8,8,6', '6,6,4', '4,4,3']},
-        'VGG input size (beyond the thesis)': {'vgg_n': [3], 'vgg_resize': ['native', 60]}},
+        'VGG input size (beyond the thesis)': {'vgg_n': [3], 'vgg_resize': ['native', 60]},
+        'Training practice (beyond the thesis)': [{}, {'ema': 'off'}, {'up_init': 'plain'}, {'lambda_adv': 0}]},
         scaling=("the thesis's sizes scaled by about 0.3 to the demo volumes: patches 30x30x20/20x20x15/15x15x10 -> "
                  "8x8x6/6x6x4/4x4x3; VGG slices per plane 10/20/30 -> 3/6/9; RRDBs 5/10/15 -> 1/2/3; "
                  "resize 224 -> 60")),
@@ -221,7 +222,6 @@ def _run_one(name: str, params: dict, out: Path, state: dict, slots: Queue, guar
     "Run one configuration on the next free device group, then record its outcome in study.json."
     devs, t0 = slots.get(), time.time()
     env = {'CUDA_VISIBLE_DEVICES': ','.join(map(str, devs))} if devs else None
-    if devs: params = {**params, 'num_processes': len(devs)}
     print(f"[study] {name}: running" + (f" on GPU {','.join(map(str, devs))}" if devs else ''), flush=True)
     try:
         execute(NOTEBOOK, out/'runs'/f'{name}.ipynb', params, env, out/'runs'/f'{name}.log')
@@ -244,6 +244,10 @@ def run_study(grid: Grid,  # what to run
               summary: bool = True,  # execute the summary notebook (tables, figures) afterwards
              ) -> Path:
     "Run every unfinished configuration of `grid` into `out`, then execute its summary."
+    if devices and len(devices) % gpus_per_run:
+        raise ConfigError(f"devices: {len(devices)} GPUs do not split into groups of gpus_per_run={gpus_per_run}")
+    if devices:  # planned with the processes each run will have: num_processes is part of a run's configuration
+        grid = Grid(**{**asdict(grid), 'overrides': {**grid.overrides, 'num_processes': gpus_per_run}})
     out = Path(out).absolute()
     (out/'runs').mkdir(parents=True, exist_ok=True)
     with study_lock(out):

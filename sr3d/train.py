@@ -28,9 +28,9 @@ from .slurm import in_allocation, srun_command
 
 # %% auto #0
 __all__ = ['STEP_PARTS', 'cpu_model', 'cpu_name', 'provenance', 'resolve_precision', 'open_run', 'load_config', 'epoch_batches',
-           'EpochBatches', 'batch_readings', 'Models', 'build', 'NonFiniteLoss', 'train_step', 'update_ema',
-           'rng_states', 'set_rng_states', 'save_checkpoint', 'load_checkpoint', 'autocast_dtype', 'write_log',
-           'reset_accelerate', 'train', 'launch', 'main', 'plot_log']
+           'EpochBatches', 'batch_readings', 'Models', 'build', 'NonFiniteLoss', 'train_step', 'reset_accelerate',
+           'update_ema', 'rng_states', 'set_rng_states', 'save_checkpoint', 'load_checkpoint', 'autocast_dtype',
+           'write_log', 'train', 'launch', 'main', 'plot_log']
 
 # %% ../nbs/train.ipynb #4e3d6953
 def cpu_model() -> str:
@@ -210,6 +210,10 @@ def train_step(m: Models,  # from `build`, prepared by Accelerate
         if m.ema is not None: update_ema(m.ema, acc.unwrap_model(m.G), c.ema)
     return stats
 
+def reset_accelerate():
+    "Forget Accelerate's process-wide state, so that the next `Accelerator` may use another precision or device."
+    AcceleratorState._reset_state(reset_partial_state=True)  # private: Accelerate has no public reset
+
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module,  # the average, updated in place
                g: torch.nn.Module,  # the network it follows
@@ -273,10 +277,6 @@ def autocast_dtype(acc: Accelerator) -> torch.dtype:
 def write_log(run_dir: Path, log: list):
     "Rewrite log.csv (one row per epoch) atomically."
     if log: write_text(run_dir/'log.csv', pd.DataFrame(log).to_csv(index=False))
-
-def reset_accelerate():
-    "Forget Accelerate's process-wide state, so that the next `Accelerator` may use another precision or device."
-    AcceleratorState._reset_state(reset_partial_state=True)  # private: Accelerate has no public reset
 
 # %% ../nbs/train.ipynb #f3deb9a0
 def train(c: TrainConfig,  # a checked configuration whose run folder exists (see open_run)

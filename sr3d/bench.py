@@ -334,7 +334,7 @@ def monai_costs(sr: torch.Tensor, hr: torch.Tensor,  # (B, 1, X, Y, Z) in [0, 1]
                 per_image=(med['monai'] / theirs_n) / (med['sr3d'] / ours_n),
                 sr3d_peak_mb=peak['sr3d'], monai_peak_mb=peak['monai'], times=times)
 
-# %% ../nbs/bench.ipynb #ea74d5e3
+# %% ../nbs/bench.ipynb #0f8a2c13
 # a demo step as sr3d 0.2 ran it (batch 2, ten label classes) and each change on the way to the demo preset's step
 RECIPES = {'sr3d 0.2 demo step (batch 2, 10 label classes)': dict(batch_size=2, n_classes=10),
            'batch 4, 10 label classes': dict(batch_size=4, n_classes=10),
@@ -386,7 +386,7 @@ def d_layer_table(s: Step,  # a set-up step
                   reps: int = 3,  # timed rounds
                  ) -> pd.DataFrame:
     "Each of D's convolutions alone on the input it gets in the step: forward + backward ms per sample, share of D's."
-    D, (lr, hr, y) = s.acc.unwrap_model(s.m.D), s.batch
+    D, (_, hr, y) = s.acc.unwrap_model(s.m.D), s.batch
     convs = {name: m for name, m in D.named_modules() if isinstance(m, torch.nn.Conv3d)}
     seen = {}
     def keep(k):

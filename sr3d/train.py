@@ -4,7 +4,7 @@
 
 # %% ../nbs/train.ipynb #83c3c753
 from __future__ import annotations
-import copy, fcntl, importlib.metadata, json, math, platform, random, subprocess, sys, time
+import copy, fcntl, importlib.metadata, json, math, platform, random, subprocess, sys, time, warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import torch
 import matplotlib.pyplot as plt
+# Accelerate imports tqdm.auto, which warns in a notebook kernel without ipywidgets; sr3d's progress is plain text tqdm
+warnings.filterwarnings('ignore', message='IProgress not found')
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from tqdm import tqdm  # text progress: no widget in papermill or a terminal

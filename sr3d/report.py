@@ -27,8 +27,10 @@ def read_run(run_dir) -> dict:
     run_dir = Path(run_dir)
     cfg = json.loads((run_dir/'config.json').read_text())
     m = json.loads((run_dir/'metrics.json').read_text())
-    s_epoch, c = float(pd.read_csv(run_dir/'log.csv').seconds.median()), cfg['config']
+    log, c = pd.read_csv(run_dir/'log.csv'), cfg['config']
+    s_epoch = float(log.seconds.median())
     return dict(name=run_dir.name, config=c, device=cfg['provenance']['device'], seconds_per_epoch=s_epoch,
+                vgg_images=int(log.vgg_images.sum()) if 'vgg_images' in log else None,  # SR images VGG saw in the run
                 min_per_epoch=s_epoch / 60, hours_total=s_epoch * c['epochs'] / 3600, epochs=c['epochs'],
                 methods=m['methods'], lpips=m['lpips'], n_cases=m['n_cases'], vgg_weights=c['weights'],
                 list_file=cfg['list_file'])
@@ -87,6 +89,7 @@ def study_table(study_dir, title: str) -> pd.DataFrame:
             continue
         _quality(row, r['methods'], 'sr3d')
         row.update({'min/epoch': f"{r['min_per_epoch']:.3g}", f"h/{r['epochs']} epochs": f"{r['hours_total']:.3g}"})
+        if r['vgg_images'] is not None: row['VGG images'] = r['vgg_images']  # the perceptual loss's work, in images
         if grid.preset == 'paper' and (t := thesis_row(grid, s)):
             row.update({'thesis PSNR': t['psnr'], 'thesis SSIM': t['ssim'], 'thesis LPIPS': t['lpips'],
                         'thesis min/epoch': t['min_per_epoch']})
@@ -138,7 +141,7 @@ def compact_table(study_dir, title: str) -> pd.DataFrame:
     t = study_table(study_dir, title)
     t = t[~t.run.isin([f'interpolation: {BASELINES[m]}' for m in ('trilinear', 'nearest')])].copy()
     columns = (*LEVERS, *table_levers(study_grid(study_dir)[0], title), 'PSNR', 'PSNR 95% CI', 'SSIM', 'LPIPS', 'HFEN',
-               'min/epoch', 'status')
+               'min/epoch', 'VGG images', 'status')
     keep = [c for c in t.columns if c in columns]
     interp = t.run.str.startswith('interpolation: ')
     t.loc[interp, keep[0]] = t.run[interp].str.removeprefix('interpolation: ')  # named where the grid values stand
@@ -213,6 +216,12 @@ CLAIMS = [  # `a`, `b`: settings changed from the baseline ('least', 'most', 'sm
          better='lower', beyond=True),
     dict(claim='ICNR initialisation improves PSNR', kind='quality', a={}, b=dict(up_init='plain'), metric='psnr',
          better='higher', beyond=True),
+    dict(claim="importance-sampled slices come closer to full VGG's LPIPS than uniform ones (n = 1)", kind='quality',
+         a=dict(vgg_n=1, vgg_sampling='importance'), b=dict(vgg_n=1), toward=dict(vgg_n='full'), metric='lpips',
+         better='lower', beyond=True),
+    dict(claim="importance-sampled slices come closer to full VGG's LPIPS than uniform ones (the baseline's n)",
+         kind='quality', a=dict(vgg_sampling='importance'), b={}, toward=dict(vgg_n='full'), metric='lpips',
+         better='lower', beyond=True),
 ]
 
 # %% ../nbs/report.ipynb #b9de4b69
@@ -257,9 +266,12 @@ def _cost_steps(study_dir, seq: list, better: str) -> str:
     if wrong: return 'no: ' + ', '.join(wrong)
     return 'yes' + (f"; within the epoch-to-epoch noise: {', '.join(unsure)}" if unsure else '')
 
-def _quality_step(study_dir, a: str, b: str, metric: str, better: str) -> tuple[str, str]:
-    "(values, verdict) for 'run a is `better` than run b in `metric`', paired over the test cases."
+def _quality_step(study_dir, a: str, b: str, metric: str, better: str, toward: str | None = None) -> tuple[str, str]:
+    "(values, verdict) for 'run a is `better` than run b in `metric`' (or closer to run `toward`'s), paired over cases."
     x, y = per_case(study_dir, a, metric), per_case(study_dir, b, metric)
+    if toward is not None:  # each case's distance from the target run's value
+        z = per_case(study_dir, toward, metric)
+        x, y = (x - z.loc[x.index]).abs(), (y - z.loc[y.index]).abs()
     t = paired_wilcoxon(x.values, y.loc[x.index].values)
     holds = (x.mean() > y.mean()) == (better == 'higher')
     significance = f" (p = {t['p']:.2g})" if t['p'] < 0.05 else f" — not significant (p = {t['p']:.2g}, n = {t['n']})"
@@ -300,10 +312,12 @@ def check_claim(study_dir, claim: dict) -> list[dict]:
     thesis = ('not in the thesis' if claim.get('beyond') else
               f"{_thesis_side(grid, a, claim['metric'])} vs {_thesis_side(grid, b, claim['metric'])}")
     row = dict(claim=claim['claim'], thesis=thesis)
-    if config_name(a) not in runs or config_name(b) not in runs:
+    toward = config_name(_settings(grid, claim['toward'])) if 'toward' in claim else None
+    if not {config_name(a), config_name(b), toward or config_name(a)} <= set(runs):
         return [dict(row, study='—', holds='cannot check: runs missing')]
-    values, holds = _quality_step(study_dir, config_name(a), config_name(b), claim['metric'], claim['better'])
-    return [dict(row, study=f"{claim['metric'].upper()} {values}", holds=holds)]
+    values, holds = _quality_step(study_dir, config_name(a), config_name(b), claim['metric'], claim['better'], toward)
+    what = claim['metric'].upper() + (f' distance from {toward}' if toward else '')
+    return [dict(row, study=f"{what} {values}", holds=holds)]
 
 def claims(study_dir) -> pd.DataFrame:
     "Each of the thesis's `CLAIMS`, what the thesis and this study measured, and whether it holds here."

@@ -89,7 +89,7 @@ def study_table(study_dir, title: str) -> pd.DataFrame:
             continue
         _quality(row, r['methods'], 'sr3d')
         row.update({'min/epoch': f"{r['min_per_epoch']:.3g}", f"h/{r['epochs']} epochs": f"{r['hours_total']:.3g}"})
-        if r['vgg_images'] is not None: row['VGG images'] = r['vgg_images']  # the perceptual loss's work, in images
+        if r['vgg_images'] is not None: row['VGG images'] = str(r['vgg_images'])  # the loss's work in images (an int)
         if grid.preset == 'paper' and (t := thesis_row(grid, s)):
             row.update({'thesis PSNR': t['psnr'], 'thesis SSIM': t['ssim'], 'thesis LPIPS': t['lpips'],
                         'thesis min/epoch': t['min_per_epoch']})

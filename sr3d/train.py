@@ -334,7 +334,7 @@ def _train(c: TrainConfig, acc: Accelerator) -> Path:
             try: stats = train_step(m, batch, c, acc)
             except NonFiniteLoss as e:
                 raise NonFiniteLoss(f"{run_dir.name}, epoch {epoch + 1}: {e}; training stopped, the last good "
-                                    f"checkpoint is {ckpt if ckpt.exists() else 'none (no epoch finished)'}") from None
+                                    f"checkpoint is {ckpt if ckpt.exists() else f'none (checkpoints are saved every {c.ckpt_every} epochs)'}") from None
             for k, v in stats.items(): sums[k] = sums.get(k, 0.0) + v
             asked = time.perf_counter()
         if acc.device.type == 'cuda': torch.cuda.synchronize()

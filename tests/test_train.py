@@ -102,15 +102,20 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, small_data):
     np.testing.assert_array_equal(ref_log['total'], cut_log['total'])
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, small_data):
-    c = tiny(tmp_path, 'nan', small_data, epochs=3, vgg_n=0)
+    c = tiny(tmp_path, 'nan', small_data, epochs=3, vgg_n=0, ckpt_every=1)
     calls = {'n': 0}; real = T.generator_loss
     def poisoned(*a, **k):
         t = real(*a, **k); calls['n'] += 1
         if calls['n'] == 6: t['total'] = t['total'] * float('nan')  # epoch 2, second step (4 steps per epoch)
         return t
     monkeypatch.setattr(T, 'generator_loss', poisoned)
-    with pytest.raises(T.NonFiniteLoss, match='last good checkpoint'):
+    with pytest.raises(T.NonFiniteLoss, match='last good checkpoint is .*last.pt'):
         T.launch(c)
+    # the demo preset checkpoints every 5 epochs: the error then says there is none, and why
+    calls['n'] = 0
+    with pytest.raises(T.NonFiniteLoss, match=r'checkpoint is none \(checkpoints are saved every 5 epochs\)'):
+        T.launch(tiny(tmp_path, 'nan5', small_data, epochs=3, vgg_n=0))
+    assert not (tmp_path/'nan5'/'checkpoints'/'last.pt').exists()
     ckpt = tmp_path/'nan'/'checkpoints'/'last.pt'
     assert torch.load(ckpt, weights_only=True)['epoch'] == 1
     g = load_generator(ckpt)

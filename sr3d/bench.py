@@ -378,8 +378,8 @@ def op_table(s: Step,  # a set-up step (`sr3d.timing.step_setup`)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof: whole_step(s)
     ev = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in ev)
-    rows = [dict(op=e.key, ms_per_sample=e.self_cpu_time_total / 1e3 / s.c.batch_size, share=e.self_cpu_time_total / total,
-                 calls=e.count) for e in ev]
+    rows = [dict(op=e.key, ms_per_sample=e.self_cpu_time_total / 1e3 / s.c.batch_size,
+                 share=e.self_cpu_time_total / total, calls=e.count) for e in ev]
     return pd.DataFrame(rows).sort_values('ms_per_sample', ascending=False).head(top).reset_index(drop=True)
 
 def d_layer_table(s: Step,  # a set-up step
@@ -513,8 +513,10 @@ def recipe_section(b: Run):
             recipe_table(b.c, RECIPES, b.device, b.reps))
     with accelerator(b.device, b.precision) as acc:
         s = step_setup(b.c, acc)
-        b.table('ops', f'One step of the {b.c.preset} preset by operator (self CPU time, ms per training sample)', op_table(s))
-        b.table('d_layers', "The discriminator by layer: each convolution alone, forward + backward", d_layer_table(s, b.reps))
+        b.table('ops', f'One step of the {b.c.preset} preset by operator (self CPU time, ms per training sample)',
+                op_table(s))
+        b.table('d_layers', "The discriminator by layer: each convolution alone, forward + backward",
+                d_layer_table(s, b.reps))
 
 def recipe_headline(rows: list) -> str:
     "The recipe bench's last line: the demo step per training sample, before and after."
@@ -532,7 +534,7 @@ def bench(mode: str = 'full',  # 'quick', 'full', 'gpu', 'monai' or 'recipe'
           preset: str | None = None,  # default: 'demo' on a CPU, 'paper' with mode 'gpu'
           device=None,  # default: 'cuda' for mode 'gpu', else 'cpu'
           out=None,  # folder for bench.json and bench.md; default outputs/bench/<mode>
-          reps: int | None = None,  # timed rounds; default 4 in quick mode (a CPU's rounds vary a lot), 5 monai, else 3
+          reps: int | None = None,  # timed rounds; default 4 quick (a CPU varies), 5 monai and recipe, else 3
           resize: int = 224,  # the headline's image size (the thesis: 224)
           threads: int | None = None,  # torch CPU threads; default torch's own
           compile: bool = True,  # mode 'gpu': include the torch.compile variant (its compilation takes minutes)
@@ -595,7 +597,7 @@ def sr3d_bench(quick: bool = False,  # a few minutes on a 2-core CPU: the loss a
                preset: str | None = None,  # 'demo' or 'paper'; default: demo (CPU) or paper (--gpu)
                device: str | None = None,  # default: cuda with --gpu, else cpu
                out: str | None = None,  # folder for bench.json and bench.md (default outputs/bench/<mode>)
-               reps: int | None = None,  # timed rounds (default 4 quick, 5 monai, 3 otherwise)
+               reps: int | None = None,  # timed rounds (default 4 quick, 5 monai and recipe, else 3)
                resize: int = 224,  # image size of the headline measurement (the thesis: 224)
                threads: int | None = None,  # torch CPU threads (default: torch's choice)
                compile: bool = True,  # with --gpu: include the torch.compile variant (--no-compile leaves it out)

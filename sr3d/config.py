@@ -173,7 +173,7 @@ def run_name(c: TrainConfig) -> str:
 
 def make_config(preset: str,  # 'demo' or 'paper'
                 check_data: bool = True,  # also run the checks that need the data
-                **overrides,  # any TrainConfig field; None means "the preset's value" (`NONE_WORDS` spell a None of a field's own)
+                **overrides,  # any TrainConfig field; None: the preset's value (`NONE_WORDS`: a field's own None)
                ) -> TrainConfig:
     "The preset's configuration with `overrides` applied, fully checked."
     check_value('preset', preset)

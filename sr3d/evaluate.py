@@ -234,7 +234,8 @@ def evaluate_folders(sr_dir, hr_dir,  # folders of SR and HR NIfTI volumes
     name, rows = Path(sr_dir).resolve().name, []
     for k in tqdm(ids, desc='sr3d_eval', disable=not progress, mininterval=2):
         rows.append(dict(case_id=k, method=name, **volume_metrics(*case_pair(sr[k], hr[k]), net, k)))
-    res = dict(n_cases=len(ids), sr_dir=portable(sr_dir), hr_dir=portable(hr_dir), lpips=status, metrics_version=METRICS_VERSION,
+    res = dict(n_cases=len(ids), sr_dir=portable(sr_dir), hr_dir=portable(hr_dir), lpips=status,
+               metrics_version=METRICS_VERSION,
                not_computed={r['case_id']: r['not_computed'] for r in rows if r['not_computed']}, **summary(rows, None))
     return pd.DataFrame(rows), res
 

@@ -102,7 +102,7 @@ class Generator(nn.Module):
                  scale: int = 4,  # upscaling factor, a power of 2
                  interp_residual: bool = False,  # add trilinear(input) to the output (not in the thesis)
                  out_conv: str = 'conv',  # how Conv_out is computed (`OUT_CONV`); not part of the architecture
-                 up_init: str = 'icnr'):  # how the upsampling convolutions start (`UP_INIT`); not part of the architecture
+                 up_init: str = 'icnr'):  # how the upsampling convolutions start (`UP_INIT`); not the architecture
         super().__init__()
         if scale < 2 or scale & (scale - 1): raise ValueError(f"scale must be a power of 2, got {scale}")
         if out_conv not in OUT_CONV: raise ValueError(f"out_conv must be one of {OUT_CONV}, got {out_conv!r}")

@@ -14,12 +14,12 @@ from .core import markdown_table, recorded_path, write_text
 from .config import THESIS, data_path, thesis_values
 from .evaluate import BASELINES, DIGITS
 from .metrics import NAMES, bootstrap_ci, paired_wilcoxon
-from .study import LEVERS, Grid, config_name, table_levers, table_runs
+from .study import LEVERS, Grid, config_name, study_grid, table_levers, table_runs
 
 # %% auto #0
-__all__ = ['CLAIMS', 'read_run', 'run_list_file', 'study_grid', 'collect', 'per_case', 'thesis_row', 'study_table',
-           'study_header', 'write_tables', 'compact_table', 'thesis_table', 'study_minutes', 'lever_effects',
-           'check_claim', 'claims', 'verdict', 'adversarial_weight']
+__all__ = ['CLAIMS', 'read_run', 'run_list_file', 'collect', 'per_case', 'thesis_row', 'study_table', 'study_header',
+           'write_tables', 'compact_table', 'thesis_table', 'study_minutes', 'lever_effects', 'check_claim', 'claims',
+           'verdict', 'adversarial_weight']
 
 # %% ../nbs/report.ipynb #c6aa2ece
 def read_run(run_dir) -> dict:
@@ -40,11 +40,6 @@ def run_list_file(run: dict,  # from `read_run`
     "The list file a run was trained and evaluated on, in this checkout (the demo data: prepared on first use)."
     if run['config'].get('data') == 'demo': return data_path('demo')
     return recorded_path(run['list_file'], f"run {run['name']}, config.json: list_file")
-
-def study_grid(study_dir) -> tuple[Grid, dict]:
-    "A study's grid and its `study.json`."
-    state = json.loads((Path(study_dir)/'study.json').read_text())
-    return Grid(**{k: v for k, v in state['grid'].items() if k != 'data'}), state
 
 def collect(study_dir) -> dict[str, dict]:
     "Every finished run of a study, by name (failed and unfinished runs are listed in study.json)."
@@ -360,6 +355,6 @@ def adversarial_weight(study_dir) -> pd.DataFrame:
         log = pd.read_csv(Path(study_dir)/'runs'/name/'log.csv')
         last, lam = log.iloc[-1], r['config']['lambda_adv']
         rows.append(dict(run=name, lambda_adv=lam, adv_share=lam * last.adv / last.total,
-                         last_d_gap=float(last.d_real - last.d_fake), max_d_gap=float((log.d_real - log.d_fake).abs().max()),
-                         last_d_loss=last.d_loss))
+                         last_d_gap=float(last.d_real - last.d_fake),
+                         max_d_gap=float((log.d_real - log.d_fake).abs().max()), last_d_loss=last.d_loss))
     return pd.DataFrame(rows)

@@ -5,19 +5,19 @@
 # %% ../nbs/slurm.ipynb #418ba786
 from __future__ import annotations
 import json, os, platform, pwd, shlex, shutil, subprocess, sys, time
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 import pandas as pd
 from .core import CommandError, markdown_table, portable, project_root, resolve, write_text
 from .config import ConfigError
 from .study import (NOTEBOOK, Grid, execute, grid_runs, plan, run_settings, run_state, run_summary, save_state,
-                        study_lock)
+                        study_grid, study_lock)
 
 # %% auto #0
 __all__ = ['OWN', 'QUEUED', 'RUNNING', 'sbatch_option', 'SlurmOptions', 'slurm_grid', 'script_path', 'array_script',
-           'summary_script', 'study_grid', 'task_record', 'run_task', 'parse_queue', 'queue', 'submissions',
-           'latest_tasks', 'run_rows', 'study_status', 'sbatch', 'submit_study', 'summary_task', 'in_allocation',
-           'srun_command', 'rendezvous', 'torchrun_command', 'main']
+           'summary_script', 'task_record', 'run_task', 'parse_queue', 'queue', 'submissions', 'latest_tasks',
+           'run_rows', 'study_status', 'sbatch', 'submit_study', 'summary_task', 'in_allocation', 'srun_command',
+           'rendezvous', 'torchrun_command', 'main']
 
 # %% ../nbs/slurm.ipynb #4f00e47f
 OWN = ('array', 'output', 'error', 'open-mode', 'chdir', 'job-name', 'dependency', 'requeue', 'no-requeue',
@@ -55,7 +55,7 @@ class SlurmOptions:
 def slurm_grid(grid: Grid, opts: SlurmOptions) -> Grid:
     "`grid` with each run's process count (nodes x GPUs) among its overrides when it is more than one."
     if opts.processes == 1: return grid
-    return Grid(**{**asdict(grid), 'overrides': {**grid.overrides, 'num_processes': opts.processes}})
+    return replace(grid, overrides={**grid.overrides, 'num_processes': opts.processes})
 
 # %% ../nbs/slurm.ipynb #1b48ca89
 def script_path(p) -> str:
@@ -84,8 +84,9 @@ def array_script(study: Path,  # the study folder
                '--ntasks-per-node=1']
     if opts.gpus_per_run: options.append(f'--gres=gpu:{opts.gpus_per_run}')
     if opts.time_limit: options.append(f'--time={opts.time_limit}')
+    python, run = shlex.quote(sys.executable), '"${runs[$SLURM_ARRAY_TASK_ID]}"'
     command = ['runs=(' + ' '.join(map(shlex.quote, names)) + ')',
-               f'exec {shlex.quote(sys.executable)} -m sr3d.slurm run {shlex.quote(s)} "${{runs[$SLURM_ARRAY_TASK_ID]}}"']
+               f'exec {python} -m sr3d.slurm run {shlex.quote(s)} {run}']
     return _script(f'sr3d study {s}: one run per array task (written by sr3d_study --slurm)',
                    options + _where(opts), command)
 
@@ -99,13 +100,6 @@ def summary_script(study: Path, opts: SlurmOptions) -> str:
                    options + _where(opts), command)
 
 # %% ../nbs/slurm.ipynb #e29c4147
-def study_grid(study: Path) -> tuple[Grid, str | None]:
-    "The grid and data list recorded in `study`'s study.json."
-    f = Path(study)/'study.json'
-    if not f.exists(): raise ConfigError(f"study: {f} not found; plan or submit the study first")
-    g = json.loads(f.read_text())['grid']
-    return Grid(**{k: g[k] for k in Grid.__dataclass_fields__}), g['data']
-
 def task_record(study: Path, name: str) -> Path:
     "Where run `name`'s array task keeps its record."
     return Path(study)/'slurm'/'tasks'/f'{name}.json'
@@ -126,7 +120,8 @@ def run_task(study,  # the study folder (relative paths from the project root)
     write_text(f, json.dumps(rec))
     print(f"[sr3d slurm] {name}: task {rec['job']}, attempt {rec['attempt']}, on {rec['host']}", flush=True)
     try:
-        grid, data = study_grid(study)
+        grid, state = study_grid(study)
+        data = state['grid']['data']
         runs = grid_runs(grid)
         if name not in runs: raise ConfigError(f"run: {name!r} is not a run of the study's grid")
         params = run_settings(grid, name, runs[name], study, data)
@@ -137,8 +132,8 @@ def run_task(study,  # the study folder (relative paths from the project root)
     except Exception as e: rec.update(status='failed', error=f"{type(e).__name__}: {e}"[-2000:])
     rec['seconds'] = round(time.time() - t0, 1)
     write_text(f, json.dumps(rec))
-    print(f"[sr3d slurm] {name}: {rec['status']} in {rec['seconds']} s" + (f" — {rec['error']}" if rec['error'] else ''),
-          flush=True)
+    why = f" — {rec['error']}" if rec['error'] else ''
+    print(f"[sr3d slurm] {name}: {rec['status']} in {rec['seconds']} s{why}", flush=True)
     return rec['status'] == 'finished'
 
 # %% ../nbs/slurm.ipynb #51744150
@@ -201,7 +196,8 @@ def run_rows(grid: Grid, study: Path, data=None,
         elif job: status, detail = 'failed', _failure(study, name, job, q)
         else:
             local = state.get('runs', {}).get(name, {})
-            status, detail = ('failed', local['error']) if local.get('status') == 'failed' else (folder, 'not submitted')
+            failed = local.get('status') == 'failed'
+            status, detail = ('failed', local['error']) if failed else (folder, 'not submitted')
         rows.append(dict(run=name, folder=folder, status=status, job=job, detail=detail))
     return rows
 
@@ -210,7 +206,8 @@ def study_status(study,  # a study folder
                 ) -> str:
     "Every run's status in `study` as a Markdown table (see `run_rows`)."
     study = resolve(study)
-    grid, data = study_grid(study)
+    grid, state = study_grid(study)
+    data = state['grid']['data']
     rows = pd.DataFrame(run_rows(grid, study, data, q)).drop(columns='folder')
     counts = ', '.join(f"{n} {s}" for s, n in rows.status.value_counts().items())
     return f"{counts}\n\n" + markdown_table(rows)
@@ -224,7 +221,8 @@ def sbatch(script: Path, *options: str) -> str:
 
 def _to_submit(rows: list[dict]) -> list[str]:
     "The runs neither finished, invalid, queued nor running."
-    return [r['run'] for r in rows if r['folder'] not in ('finished', 'invalid') and r['status'] not in ('queued', 'running')]
+    return [r['run'] for r in rows
+            if r['folder'] not in ('finished', 'invalid') and r['status'] not in ('queued', 'running')]
 
 def _invalid(rows: list[dict]) -> str:
     "What is never submitted: the runs whose configuration fails its checks, one line each."
@@ -242,8 +240,10 @@ def submit_study(grid: Grid,  # what to run
     if dry_run:
         rows = run_rows(grid, out, data)
         if not (names := _to_submit(rows)): return f"study {s}: nothing to submit" + _invalid(rows)
-        return (f"# {s}/slurm/runs.sh\n{array_script(out, names, opts)}\n# {s}/slurm/summary.sh\n{summary_script(out, opts)}\n"
-                f"# to submit by hand, from {project_root()}:\nmkdir -p {s}/slurm\narray=$(sbatch --parsable {s}/slurm/runs.sh)\n"
+        return (f"# {s}/slurm/runs.sh\n{array_script(out, names, opts)}\n"
+                f"# {s}/slurm/summary.sh\n{summary_script(out, opts)}\n"
+                f"# to submit by hand, from {project_root()}:\nmkdir -p {s}/slurm\n"
+                f"array=$(sbatch --parsable {s}/slurm/runs.sh)\n"
                 f"sbatch --dependency=afterany:$array {s}/slurm/summary.sh" + _invalid(rows))
     if not shutil.which('sbatch'): raise ConfigError("slurm: sbatch not found; Slurm's client commands must be on PATH")
     (out/'runs').mkdir(parents=True, exist_ok=True)
@@ -266,14 +266,16 @@ def submit_study(grid: Grid,  # what to run
         write_text(out/'slurm'/'jobs.json', json.dumps(subs, indent=1))
     return (f"study {s}: submitted {len(names)} runs as job array {array} ({opts.jobs} at a time) and summary job "
             f"{subs[-1]['summary']} (after afterany:{after}); {len(busy)} runs already queued or running\n"
-            f"logs: {s}/slurm/{array}_<task>.log and {s}/runs/<run>.log; progress: sr3d_study ... --status" + _invalid(rows))
+            f"logs: {s}/slurm/{array}_<task>.log and {s}/runs/<run>.log; progress: sr3d_study ... --status"
+            + _invalid(rows))
 
 # %% ../nbs/slurm.ipynb #9755e535
 def summary_task(study,  # the study folder (relative paths from the project root)
                 ) -> Path:
     "Record every run's outcome in study.json, then execute the study's summary notebook."
     study = resolve(study)
-    grid, data = study_grid(study)
+    grid, state = study_grid(study)
+    data = state['grid']['data']
     with study_lock(study):
         state = json.loads((study/'study.json').read_text())
         for r in run_rows(grid, study, data):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ctypes, fcntl, json, os, shutil, signal, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field, asdict, replace
 from itertools import product
 from pathlib import Path
 from queue import Queue
@@ -18,8 +18,8 @@ from .config import FIELDS, ConfigError, config_hash, make_config
 
 # %% auto #0
 __all__ = ['GRIDS', 'LEVERS', 'NOTEBOOK', 'SUMMARY', 'study_cli', 'Grid', 'load_grid', 'config_name', 'table_rows',
-           'table_changes', 'table_levers', 'table_runs', 'grid_runs', 'baseline_generator', 'run_settings',
-           'run_state', 'notebook_error', 'NotebookFailed', 'failed_copy', 'execute', 'study_lock', 'save_state',
+           'table_levers', 'table_runs', 'grid_runs', 'baseline_generator', 'run_settings', 'run_state',
+           'notebook_error', 'NotebookFailed', 'failed_copy', 'execute', 'study_lock', 'save_state', 'study_grid',
            'grows', 'plan', 'run_study', 'run_summary', 'sr3d_study']
 
 # %% ../nbs/study.ipynb #083372ed
@@ -81,17 +81,13 @@ def table_rows(table: dict | list) -> list[dict]:
     if isinstance(table, list): return [dict(row) for row in table]
     return [dict(zip(table, values)) for values in product(*table.values())]
 
-def table_changes(grid: Grid, title: str) -> list[dict]:
-    "The changes to the baseline of each run of one of `grid`'s tables, in order."
-    return table_rows(grid.tables[title])
-
 def table_levers(grid: Grid, title: str) -> list[str]:
     "The parameters one table changes, in order."
-    return list(dict.fromkeys(k for row in table_changes(grid, title) for k in row))
+    return list(dict.fromkeys(k for row in table_rows(grid.tables[title]) for k in row))
 
 def table_runs(grid: Grid, title: str) -> list[dict]:
     "The settings of every run of one table, in the table's order."
-    return [{**grid.baseline, **changes} for changes in table_changes(grid, title)]
+    return [{**grid.baseline, **changes} for changes in table_rows(grid.tables[title])]
 
 def grid_runs(grid: Grid) -> dict[str, dict]:
     "name -> settings for every distinct run of the grid, the baseline first."
@@ -165,7 +161,8 @@ def execute(notebook,  # the notebook to run, relative to the project root
     finally: pfile.unlink(missing_ok=True)
     if p.returncode != 0:
         if tmp.exists(): os.replace(tmp, failed)
-        error = notebook_error(failed) or f"papermill exited with {p.returncode}" + (f"; see {portable(log)}" if log else '')
+        see = f"; see {portable(log)}" if log else ''
+        error = notebook_error(failed) or f"papermill exited with {p.returncode}{see}"
         kept = f"the failed execution is kept in {portable(failed)}" if failed.exists() else 'nothing was executed'
         raise NotebookFailed(f"{portable(notebook)}: {error} ({kept}; {portable(out_nb)} was not touched)")
     nb = nbformat.read(tmp, as_version=4)
@@ -188,11 +185,20 @@ def _grid_record(grid: Grid, data) -> dict: return dict(asdict(grid), data=None 
 
 def save_state(out: Path, state: dict): write_text(out/'study.json', json.dumps(state, indent=1, default=str))
 
+def study_grid(study,  # a study folder
+              ) -> tuple[Grid, dict]:
+    "A study's grid and its study.json (whose `grid` also records the `data` its runs use)."
+    f = Path(study)/'study.json'
+    if not f.exists(): raise ConfigError(f"study: {f} not found; run or submit the study first")
+    state = json.loads(f.read_text())
+    return Grid(**{k: state['grid'][k] for k in Grid.__dataclass_fields__}), state
+
 def grows(old: dict, new: dict) -> bool:
     "Whether grid record `new` is `old` with tables (or a table's rows) added: the same study, resumed and grown."
     same = all(old.get(k) == new.get(k) for k in new if k != 'tables')
-    return same and all(t in new['tables'] and all(r in table_rows(new['tables'][t]) for r in table_rows(old['tables'][t]))
-                        for t in old['tables'])
+    def kept(t): return t in new['tables'] and all(r in table_rows(new['tables'][t])
+                                                    for r in table_rows(old['tables'][t]))
+    return same and all(kept(t) for t in old['tables'])
 
 def plan(grid: Grid, out: Path, data=None) -> tuple[dict, list]:
     "The study's state (study.json, updated) and the `(name, params)` of every run still to do."
@@ -250,7 +256,7 @@ def run_study(grid: Grid,  # what to run
     if devices and len(devices) % gpus_per_run:
         raise ConfigError(f"devices: {len(devices)} GPUs do not split into groups of gpus_per_run={gpus_per_run}")
     if devices:  # planned with the processes each run will have: num_processes is part of a run's configuration
-        grid = Grid(**{**asdict(grid), 'overrides': {**grid.overrides, 'num_processes': gpus_per_run}})
+        grid = replace(grid, overrides={**grid.overrides, 'num_processes': gpus_per_run})
     out = Path(out).absolute()
     (out/'runs').mkdir(parents=True, exist_ok=True)
     with study_lock(out):
@@ -299,7 +305,7 @@ def sr3d_study(preset: str | None = None,  # the preset's grid: 'demo' (this CPU
         if bad := [s for s in set if '=' not in s]: raise ConfigError(f"set: expected KEY=VALUE, got {bad}")
         extra = {k: yaml.safe_load(v) for k, v in (s.split('=', 1) for s in set)}
         if unknown := sorted({*extra} - {*FIELDS}): raise ConfigError(f"set: unknown parameters {unknown}")
-        g = Grid(**{**asdict(g), 'overrides': {**g.overrides, **extra}})
+        g = replace(g, overrides={**g.overrides, **extra})
     out = resolve(out or f'outputs/{g.preset}')
     from sr3d.slurm import SlurmOptions, study_status, submit_study  # sr3d.slurm builds on this module
     if status: return study_status(out)
@@ -307,7 +313,8 @@ def sr3d_study(preset: str | None = None,  # the preset's grid: 'demo' (this CPU
     if slurm: return submit_study(g, out, data, SlurmOptions(jobs, gpus_per_run, nodes_per_run, time_limit, partition,
                                                              account, sbatch or []), dry_run)
     if dry_run or time_limit or partition or account or sbatch or nodes_per_run != 1:
-        raise ConfigError('slurm: --dry-run, --nodes-per-run, --time-limit, --partition, --account and --sbatch go with --slurm')
+        raise ConfigError('slurm: --dry-run, --nodes-per-run, --time-limit, --partition, --account and --sbatch '
+                          'go with --slurm')
     run_study(g, out, data, jobs, [int(d) for d in devices.split(',')] if devices else None, gpus_per_run)
     runs = json.loads((out/'study.json').read_text())['runs']
     failed = [n for n, r in runs.items() if r['status'] != 'finished']

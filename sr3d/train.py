@@ -77,7 +77,8 @@ def resolve_precision(mp: str,  # the mixed_precision parameter: 'auto', 'bf16',
         raise ConfigError("mixed_precision: 'fp16' cannot run on a CPU (Accelerate computes in float32 there); "
                           "use 'bf16', 'no' or 'auto'")
     if mp == 'bf16' and cuda and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"mixed_precision: 'bf16' cannot run on {torch.cuda.get_device_name()}; use 'fp16', 'no' or 'auto'")
+        raise ConfigError(f"mixed_precision: 'bf16' cannot run on {torch.cuda.get_device_name()}; "
+                          "use 'fp16', 'no' or 'auto'")
     return mp
 
 def open_run(c: TrainConfig,  # a checked configuration
@@ -104,7 +105,8 @@ def open_run(c: TrainConfig,  # a checked configuration
 
 def load_config(run_dir) -> TrainConfig:
     "The configuration recorded in a run folder; its `run_dir` is that folder, wherever the record was written."
-    return TrainConfig(**{**json.loads((Path(run_dir)/'config.json').read_text())['config'], 'run_dir': portable(run_dir)})
+    recorded = json.loads((Path(run_dir)/'config.json').read_text())['config']
+    return TrainConfig(**{**recorded, 'run_dir': portable(run_dir)})
 
 # %% ../nbs/train.ipynb #5dbffef1
 def epoch_batches(n: int,  # samples per epoch
@@ -286,9 +288,11 @@ def train(c: TrainConfig,  # a checked configuration whose run folder exists (se
     "Train G and D as `c` says, in this process (one of however many were launched); return the run folder."
     precision = resolve_precision(c.mixed_precision)
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
-    if (got := autocast_dtype(acc)) != (want := {'no': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]):
+    want = {'no': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]
+    if (got := autocast_dtype(acc)) != want:
         reset_accelerate()
-        raise ConfigError(f"mixed_precision: {precision} asks for {want} but Accelerate computes in {got} on {acc.device}")
+        raise ConfigError(f"mixed_precision: {precision} asks for {want} but Accelerate computes in {got} "
+                          f"on {acc.device}")
     deterministic = torch.are_deterministic_algorithms_enabled()
     if acc.device.type == 'cpu': torch.use_deterministic_algorithms(True)  # resumed == uninterrupted, bit for bit
     try: return _train(c, acc)
@@ -333,8 +337,9 @@ def _train(c: TrainConfig, acc: Accelerator) -> Path:
             batch = (lr_p.to(acc.device, non_blocking=True), hr_p.to(acc.device, non_blocking=True), y.to(acc.device))
             try: stats = train_step(m, batch, c, acc)
             except NonFiniteLoss as e:
+                last = ckpt if ckpt.exists() else f'none (checkpoints are saved every {c.ckpt_every} epochs)'
                 raise NonFiniteLoss(f"{run_dir.name}, epoch {epoch + 1}: {e}; training stopped, the last good "
-                                    f"checkpoint is {ckpt if ckpt.exists() else f'none (checkpoints are saved every {c.ckpt_every} epochs)'}") from None
+                                    f"checkpoint is {last}") from None
             for k, v in stats.items(): sums[k] = sums.get(k, 0.0) + v
             asked = time.perf_counter()
         if acc.device.type == 'cuda': torch.cuda.synchronize()

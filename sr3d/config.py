@@ -4,110 +4,175 @@
 
 # %% ../nbs/config.ipynb #0249ac46
 from __future__ import annotations
-import hashlib, json, re
-from dataclasses import dataclass, fields
+import ast, difflib, hashlib, json, re
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from .core import list_path, parse_size
-from .data import SCALE, DataError, PatchPairs
+from .data import PATCH_MODES, SCALE, DataError, PatchPairs
 from .losses import SAMPLINGS, check_slices
 from .model import OUT_CONV, UP_INIT
 from .prepare import demo_data, read_list
 
 # %% auto #0
-__all__ = ['PRESETS', 'FIELDS', 'RESULT_FIELDS', 'NEUTRAL', 'NONE_WORDS', 'RANGES', 'THESIS_BASELINE', 'THESIS_PATCHES', 'THESIS',
-           'TrainConfig', 'ConfigError', 'check_value', 'vgg_schedule', 'check_vgg', 'data_path', 'check_against_data',
-           'config_hash', 'run_name', 'make_config', 'thesis_values']
+__all__ = ['PRECISIONS', 'PRESETS', 'NO_NEUTRAL', 'FIELDS', 'RESULT_FIELDS', 'NEUTRAL', 'NONE_WORDS', 'EXTRA_PARAMETERS',
+           'THESIS_BASELINE', 'THESIS_PATCHES', 'THESIS', 'param', 'TrainConfig', 'field_table', 'ConfigError',
+           'check_value', 'check_names', 'parameters_cell', 'injected_parameters', 'vgg_schedule', 'check_vgg',
+           'data_path', 'check_against_data', 'config_hash', 'name_value', 'run_name', 'make_config', 'thesis_values']
 
 # %% ../nbs/config.ipynb #d0f62f67
-@dataclass
-class TrainConfig:
-    "Everything that defines a training run; the defaults are the thesis's (the `paper` preset)."
-    data: str = 'data/msd/list.csv'  # a prepared list.csv (or its folder), or 'demo'
-    preset: str = 'paper'  # the preset the other values started from
-    vgg_n: int | str = 10  # slices per plane for the 2.5D VGG loss (0: no perceptual loss), or 'full'
-    vgg_resize: int | str = 224  # image size VGG sees, or 'native'
-    vgg_sampling: str = 'uniform'  # how the VGG loss draws its slices: 'uniform' (the thesis) or 'importance'
-    vgg_n_schedule: str | None = None  # 'linear:N0:N1': n from N0 (first epoch) to N1 (last); None: vgg_n throughout
-    n_rrdb: int = 10  # RRDB blocks in the generator's trunk
-    nf: int = 64  # generator feature channels
-    gc: int = 32  # generator growth channels
-    d_nf: int = 32  # discriminator channels in its first stage
-    interp_residual: bool = False  # add trilinear(LR) to the generator's output (beyond the thesis)
-    patch: str = '30,30,20'  # LR training patch; the HR patch is 4x
-    patches_per_volume: int = 8  # patch pairs per training volume per epoch
-    patch_mode: str = 'fixed'  # 'fixed' (drawn once, the thesis) or 'random' (redrawn every epoch)
-    batch_size: int = 16  # the global batch, split over the processes
-    epochs: int = 200
-    lr: float = 2e-4  # Adam learning rate of G (and of D unless d_lr is given)
-    d_lr: float | None = None  # Adam learning rate of D; None: the same as lr (the thesis), asked for as 'lr'
-    lr_step: int = 70  # G's learning rate is multiplied by lr_gamma every lr_step epochs
-    lr_gamma: float = 0.5
-    lambda_adv: float = 0.001
-    lambda_vgg: float = 0.2
-    mixed_precision: str = 'bf16'  # 'bf16', 'fp16', 'no', or 'auto'
-    num_processes: int = 1  # data-parallel processes
-    weights: str = 'imagenet'  # VGG16 weights: 'imagenet', a file, or 'random'
-    lpips_weights: str = 'imagenet'  # AlexNet weights for LPIPS in the evaluation
-    n_classes: int = 10  # classes of the discriminator's label maps
-    seed: int = 0
-    ckpt_every: int = 5  # epochs between checkpoints
-    num_workers: int = 4  # DataLoader worker processes
-    vgg_chunk: int | None = None  # at most this many VGG images per call (memory, not results)
-    out_conv: str = 'conv'  # how the generator computes its last convolution: 'conv', 'fp32' or 'shift' (sr3d.model)
-    up_init: str = 'icnr'  # how the convolutions before each voxel shuffle start: 'icnr' or 'plain' (sr3d.model)
-    ema: float | None = None  # decay of an exponential moving average of G's weights, evaluated and released; None: off
-    run_dir: str | None = None  # the run's folder; None names it from the configuration
-
-PRESETS = {
+PRECISIONS = ('auto', 'bf16', 'fp16', 'no')  # mixed_precision: what sr3d.train.resolve_precision turns into the dtype a run computes in
+PRESETS = {  # preset -> the fields it sets away from the thesis's defaults (the `paper` preset sets none)
     'paper': {},
     'demo': dict(data='demo', nf=16, gc=8, n_rrdb=2, d_nf=16, n_classes=1, interp_residual=True, patch='8,8,6',
                  patches_per_volume=4, patch_mode='random', batch_size=4, epochs=24, lr=2e-3, d_lr=2e-4, lr_step=16,
                  ema=0.995, vgg_n=3, vgg_resize='native', mixed_precision='auto', ckpt_every=5, num_workers=0),
 }
+NO_NEUTRAL = 'no neutral value'  # the `neutral` of a field that was there from the start
+
+def param(default,  # the thesis's value (what the `paper` preset uses)
+          help: str,  # the field in a line: the train notebook's parameters cell and `papermill --help-notebook`
+          *, least=None, most=None,  # the range of a number (None: unbounded on that side)
+          also: tuple = (),  # values a number accepts besides its range, e.g. 'full' or None
+          choices: tuple | None = None,  # the values a string or a bool accepts (a component's own list, imported)
+          result: bool = True,  # whether the field changes what a run computes, and so its configuration hash
+          neutral=NO_NEUTRAL,  # for a field added after runs were recorded: the value that computes what sr3d did before
+          none_word: str | None = None,  # the word that asks for the field's own None where a preset sets another value
+         ):
+    "A `TrainConfig` field whose metadata is the only place its rule, its help and its role are written."
+    return field(default=default, metadata=dict(help=help, least=least, most=most, also=tuple(also), choices=choices,
+                                                result=result, neutral=neutral, none_word=none_word))
+
+@dataclass
+class TrainConfig:
+    "Everything that defines a training run; the defaults are the thesis's (the `paper` preset)."
+    data: str = param('data/msd/list.csv', "a prepared list.csv (see sr3d_prepare), or 'demo' for the embedded demo "
+                      "data (prepared on first use)")
+    preset: str = param('paper', "'demo' (CPU-sized, minutes) or 'paper' (the thesis's exact configuration, for GPUs)",
+                        choices=tuple(PRESETS))
+    vgg_n: int | str = param(10, "slices per plane for the 2.5D VGG loss: an int (0 turns the perceptual loss off) "
+                             "or 'full'", least=0, also=('full',))
+    vgg_resize: int | str = param(224, "size VGG sees: 224 (the thesis) or 'native' (the slices' own size)", least=32,
+                                  also=('native',))
+    vgg_sampling: str = param('uniform', "how the VGG loss draws its slices: 'uniform' (the thesis) or 'importance' "
+                              "(by HR structure, reweighted to stay unbiased)", choices=SAMPLINGS, neutral='uniform')
+    vgg_n_schedule: str | None = param(None, "slices per plane over the run: 'linear:N0:N1' (N0 at the first epoch to "
+                                       "N1 at the last; vgg_n must be N0), or None (vgg_n throughout)", neutral=None)
+    n_rrdb: int = param(10, "RRDB blocks in the generator's trunk", least=0)
+    nf: int = param(64, "generator feature channels", least=1)
+    gc: int = param(32, "generator growth channels in the dense blocks", least=1)
+    d_nf: int = param(32, "discriminator channels in its first stage (doubling per stage)", least=1)
+    interp_residual: bool = param(False, "add trilinear(LR) to the generator's output (beyond the thesis)",
+                                  choices=(False, True))
+    patch: str = param('30,30,20', "LR training patch as 'X,Y,Z' (the HR patch is 4x)")
+    patches_per_volume: int = param(8, "patch pairs cut from each training volume per epoch", least=1)
+    patch_mode: str = param('fixed', "'fixed' (positions drawn once, the thesis) or 'random' (redrawn every epoch)",
+                            choices=PATCH_MODES)
+    batch_size: int = param(16, "patches per optimiser step: the global batch, split over the processes (16 = 8 per "
+                            "GPU on 2 GPUs)", least=1)
+    epochs: int = param(200, "training epochs", least=1)
+    lr: float = param(2e-4, "Adam learning rate of G (and of D unless d_lr is given)", least=1e-8, most=1.0)
+    d_lr: float | None = param(None, "Adam learning rate of D, or 'lr' for the same as lr (the thesis); None: the "
+                               "preset's (demo 2e-4)", least=1e-8, most=1.0, also=(None,), none_word='lr')
+    lr_step: int = param(70, "G's learning rate is multiplied by lr_gamma every lr_step epochs", least=1)
+    lr_gamma: float = param(0.5, "StepLR factor", least=1e-3, most=1.0)
+    lambda_adv: float = param(0.001, "weight of the adversarial term in G's loss", least=0)
+    lambda_vgg: float = param(0.2, "weight of the perceptual term in G's loss", least=0)
+    mixed_precision: str = param('bf16', "'bf16', 'fp16', 'no', or 'auto' (bf16 where the device computes it "
+                                 "natively, else no)", choices=PRECISIONS)
+    num_processes: int = param(1, "data-parallel processes (GPUs); >1 launches torchrun on sr3d.train", least=1)
+    weights: str = param('imagenet', "VGG16 weights: 'imagenet', a file path, or 'random' (see sr3d.weights)")
+    lpips_weights: str = param('imagenet', "AlexNet weights for LPIPS in the evaluation: 'imagenet' or a file path")
+    n_classes: int = param(10, "classes of the discriminator's label maps", least=1)
+    seed: int = param(0, "seeds every draw of the run: initialisation of G and D, patch positions, data order and "
+                      "slice draws", least=0)
+    ckpt_every: int = param(5, "epochs between checkpoints (and always at the end)", least=1, result=False)
+    num_workers: int = param(4, "DataLoader worker processes", least=0, result=False)
+    vgg_chunk: int | None = param(None, "at most this many images per VGG call, recomputed in backward: bounds the "
+                                  "perceptual loss's memory (None: all at once)", least=1, also=(None,), result=False)
+    out_conv: str = param('conv', "how the generator computes its last convolution: 'conv', 'fp32' or 'shift' (the "
+                          "same numbers in float32; see nbs/model.ipynb)", choices=OUT_CONV)
+    up_init: str = param('icnr', "how the convolutions before each voxel shuffle start: 'icnr' (nearest-neighbour "
+                         "upsampling, every preset) or 'plain'", choices=UP_INIT, neutral='plain')
+    ema: float | None = param(None, "decay of a moving average of G's weights that evaluation and generator.pt use, "
+                              "or 'off' (the paper preset's)", least=0.0, most=0.99999, also=(None,), neutral=None,
+                              none_word='off')
+    run_dir: str | None = param(None, "the run's folder; None names it from the configuration under outputs/runs/",
+                                result=False)
+
+def field_table(cls=TrainConfig,  # TrainConfig, or a dataclass grown from it
+               ) -> dict[str, dict]:
+    "Every field's metadata by name: the rule, help and role `param` declared."
+    return {f.name: dict(f.metadata) for f in fields(cls)}
+
 FIELDS = [f.name for f in fields(TrainConfig)]
-RESULT_FIELDS = [k for k in FIELDS if k not in ('run_dir', 'ckpt_every', 'num_workers', 'vgg_chunk')]  # change results
+RESULT_FIELDS = [k for k, m in field_table().items() if m['result']]  # the fields that change results
 # fields added after runs were first recorded, each with the value that computes what sr3d computed before it existed:
 # at that value a field stays out of the configuration hash, so an older run keeps its folder and is not retrained
-NEUTRAL = {'up_init': 'plain', 'ema': None, 'vgg_sampling': 'uniform', 'vgg_n_schedule': None}
+NEUTRAL = {k: m['neutral'] for k, m in field_table().items() if m['neutral'] != NO_NEUTRAL}
 # fields whose None means something of its own while a preset sets another value: papermill's `-p d_lr None` (and
 # make_config's None) means "the preset's value", so that meaning is asked for by this word instead
-NONE_WORDS = {'d_lr': 'lr', 'ema': 'off'}
+NONE_WORDS = {k: m['none_word'] for k, m in field_table().items() if m['none_word']}
 
 # %% ../nbs/config.ipynb #2a8f7a02
 class ConfigError(ValueError):
     "An invalid training parameter; the message names it."
 
-RANGES = {  # field -> (least, most, *other allowed values) for numbers (None: unbounded); the choices for strings
-    'vgg_n': (0, None, 'full'), 'vgg_resize': (32, None, 'native'), 'vgg_chunk': (1, None, None),
-    'n_rrdb': (0, None), 'nf': (1, None), 'gc': (1, None), 'd_nf': (1, None), 'n_classes': (1, None),
-    'patches_per_volume': (1, None), 'batch_size': (1, None), 'epochs': (1, None), 'lr_step': (1, None),
-    'lr': (1e-8, 1.0), 'd_lr': (1e-8, 1.0, None), 'lr_gamma': (1e-3, 1.0),
-    'lambda_adv': (0, None), 'lambda_vgg': (0, None),
-    'num_processes': (1, None), 'seed': (0, None), 'ckpt_every': (1, None), 'num_workers': (0, None),
-    'interp_residual': (False, True), 'patch_mode': ('fixed', 'random'), 'preset': tuple(PRESETS), 'out_conv': OUT_CONV,
-    'mixed_precision': ('auto', 'bf16', 'fp16', 'no'), 'up_init': UP_INIT, 'ema': (0.0, 0.99999, None),
-    'vgg_sampling': SAMPLINGS,
-}
-
-def _rule(name: str) -> str:
-    "The values field `name` accepts, in words."
-    rule, typ = RANGES[name], next(f.type for f in fields(TrainConfig) if f.name == name)
-    if isinstance(rule[0], (str, bool)): return 'one of ' + ', '.join(map(repr, rule))
-    least, most, *extra = rule
+def _rule(m: dict, typ: str) -> str | None:
+    "The values a field with metadata `m` and type annotation `typ` accepts, in words (None: checked where it is used)."
+    if m['choices'] is not None: return 'one of ' + ', '.join(map(repr, m['choices']))
+    if m['least'] is None and m['most'] is None: return None
     kind = 'an int' if 'float' not in typ else 'a number'
+    least, most = m['least'], m['most']
     words = f"{kind} >= {least}" if most is None else f"{kind} in [{least}, {most}]"
-    return ' or '.join([words, *map(repr, extra)])
+    return ' or '.join([words, *map(repr, m['also'])])
 
-def check_value(name: str, v) -> None:
-    "Raise `ConfigError` unless `v` is a value field `name` accepts (see `RANGES`)."
-    rule, typ = RANGES[name], next(f.type for f in fields(TrainConfig) if f.name == name)
-    if isinstance(rule[0], (str, bool)): ok = any(v == r and type(v) is type(r) for r in rule)
-    else:
-        least, most, *extra = rule
-        number = isinstance(v, int) or ('float' in typ and isinstance(v, float))
-        ok = any(v == e and type(v) is type(e) for e in extra) or (
-            number and not isinstance(v, bool) and (least is None or v >= least) and (most is None or v <= most))
-    if not ok: raise ConfigError(f"{name}: must be {_rule(name)}, got {v!r}")
+def _accepts(m: dict, typ: str, v) -> bool:
+    "Whether `v` is a value of a field with metadata `m` and type annotation `typ`."
+    if m['choices'] is not None: return any(v == r and type(v) is type(r) for r in m['choices'])
+    if any(v == e and type(v) is type(e) for e in m['also']): return True
+    number = isinstance(v, int) or ('float' in typ and isinstance(v, float))
+    least, most = m['least'], m['most']
+    return number and not isinstance(v, bool) and (least is None or v >= least) and (most is None or v <= most)
+
+def check_value(name: str, v, cls=TrainConfig) -> None:
+    "Raise `ConfigError` unless `v` is a value field `name` accepts (its `param` rule)."
+    f = next(f for f in fields(cls) if f.name == name)
+    if (rule := _rule(f.metadata, f.type)) is not None and not _accepts(f.metadata, f.type, v):
+        raise ConfigError(f"{name}: must be {rule}, got {v!r}")
+
+def check_names(names,  # parameter names as given
+                where: str = 'parameters',  # where they were given, for the error (a file, a command's option)
+                known=FIELDS,  # the names accepted there
+               ) -> None:
+    "Raise `ConfigError` naming each unknown name and the nearest known one, before anything is made."
+    unknown = [n for n in names if n not in known]
+    if not unknown: return
+    def near(n):
+        close = difflib.get_close_matches(n, known, 1, 0.6) or difflib.get_close_matches(n.lower(), known, 1, 0.6)
+        return f"{n!r} (did you mean {close[0]!r}?)" if close else repr(n)
+    raise ConfigError(f"{where}: unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(map(near, unknown))}")
+
+# %% ../nbs/config.ipynb #329971a7
+EXTRA_PARAMETERS = {'resume': (True, 'continue the run in run_dir from its last checkpoint (False: refuse an existing run)')}
+
+def parameters_cell(cls=TrainConfig,  # TrainConfig, or a dataclass grown from it
+                    preset: str = 'demo',  # the preset the notebook runs when none is given
+                   ) -> str:
+    "The train notebook's papermill parameters cell, one line per field with its help: `None` is the preset's value."
+    lines = [f"{k} = {repr(preset) if k == 'preset' else None}  # {m['help']}" for k, m in field_table(cls).items()]
+    return '\n'.join(lines + [f"{k} = {v!r}  # {h}" for k, (v, h) in EXTRA_PARAMETERS.items()])
+
+# %% ../nbs/config.ipynb #a16a4c41
+def injected_parameters(sources: list | None = None,  # executed cells' sources; None: this IPython kernel's history
+                       ) -> list[str]:
+    "The names papermill injected (its `# Parameters` cell), in order; [] where nothing was injected."
+    if sources is None:
+        try: from IPython import get_ipython
+        except ImportError: return []
+        sources = getattr(get_ipython(), 'user_ns', {}).get('In', [])
+    cells = [s for s in sources if s.lstrip().startswith('# Parameters')]
+    return [t.id for s in cells for node in ast.parse(s).body if isinstance(node, ast.Assign)
+            for t in node.targets if isinstance(t, ast.Name)]
 
 # %% ../nbs/config.ipynb #180ca28d
 def vgg_schedule(c: TrainConfig) -> list:
@@ -167,9 +232,16 @@ def config_hash(c: TrainConfig) -> str:
     settings = json.dumps(kept, sort_keys=True)
     return hashlib.sha256(settings.encode()).hexdigest()[:8]
 
-def run_name(c: TrainConfig) -> str:
-    "A readable folder name for `c`: preset, the study's levers, and the configuration hash."
-    return f"{c.preset}-vgg{c.vgg_n}-{c.vgg_resize}-rrdb{c.n_rrdb}-p{c.patch.replace(',', 'x')}-{config_hash(c)}"
+def name_value(v) -> str:
+    "How a value is spelt in a folder name: a size as 8x8x6, each run of other characters outside [A-Za-z0-9._-] as _."
+    return re.sub(r'[^A-Za-z0-9._-]+', '_', str(v).replace(',', 'x'))
+
+def run_name(changes: dict,  # field -> value: what a run changes from its baseline (a study's) or its preset
+             empty: str = 'baseline',  # the name of a run that changes nothing
+            ) -> str:
+    "A run's folder name: `key=value` for each change, in `TrainConfig`'s order, joined by '-'."
+    check_names(changes, 'run name')
+    return '-'.join(f"{k}={name_value(changes[k])}" for k in FIELDS if k in changes) or empty
 
 def make_config(preset: str,  # 'demo' or 'paper'
                 check_data: bool = True,  # also run the checks that need the data
@@ -177,19 +249,21 @@ def make_config(preset: str,  # 'demo' or 'paper'
                ) -> TrainConfig:
     "The preset's configuration with `overrides` applied, fully checked."
     check_value('preset', preset)
-    unknown = set(overrides) - set(FIELDS)
-    if unknown: raise ConfigError(f"parameters: unknown {sorted(unknown)}")
-    c = TrainConfig(**{**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}, 'preset': preset})
+    check_names(overrides)
+    base = TrainConfig(**{**PRESETS[preset], 'preset': preset})
+    c = TrainConfig(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
     for k, word in NONE_WORDS.items():
         if getattr(c, k) == word: setattr(c, k, None)
-    for name in RANGES: check_value(name, getattr(c, name))
+    for name in FIELDS: check_value(name, getattr(c, name))
     check_vgg(c)
     try: c.patch = ','.join(map(str, parse_size(c.patch, 'patch')))
     except ValueError as e: raise ConfigError(f"patch: {e}") from e
     if c.batch_size % c.num_processes:
         raise ConfigError(f"batch_size: {c.batch_size} does not split evenly over {c.num_processes} processes")
     if check_data: check_against_data(c)
-    if c.run_dir is None: c.run_dir = f'outputs/runs/{run_name(c)}'
+    if c.run_dir is None:
+        changed = {k: getattr(c, k) for k in RESULT_FIELDS if getattr(c, k) != getattr(base, k)}
+        c.run_dir = f"outputs/runs/{preset}-{run_name(changed, empty='preset')}-{config_hash(c)}"
     return c
 
 # %% ../nbs/config.ipynb #12cd4718

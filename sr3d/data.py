@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt
 from .core import atomic, parse_size
 
 # %% auto #0
-__all__ = ['SCALE', 'GRID_TOL', 'DataError', 'load_volume', 'grid_difference', 'save_volume', 'reorient', 'to_grid', 'pool',
-           'lr_affine', 'fit_to_multiple', 'normalise', 'hr_over_lr', 'show_pair', 'PatchPairs']
+__all__ = ['SCALE', 'GRID_TOL', 'PATCH_MODES', 'DataError', 'load_volume', 'grid_difference', 'save_volume', 'reorient',
+           'to_grid', 'pool', 'lr_affine', 'fit_to_multiple', 'normalise', 'hr_over_lr', 'show_pair', 'PatchPairs']
 
 # %% ../nbs/data.ipynb #b3734216
 SCALE = 4  # the thesis's x4 super-resolution, on every axis
@@ -179,6 +179,8 @@ def show_pair(lr: np.ndarray,  # LR volume
     return fig
 
 # %% ../nbs/data.ipynb #1e99bae2
+PATCH_MODES = ('fixed', 'random')  # patch positions drawn once (the thesis) or redrawn every epoch
+
 class PatchPairs(torch.utils.data.Dataset):
     "LR/HR patch pairs at the same position, `per_volume` from each case, `fixed` or redrawn per epoch."
     def __init__(self, cases: list,  # `Case`s to cut patches from
@@ -188,7 +190,7 @@ class PatchPairs(torch.utils.data.Dataset):
                  seed: int = 0):  # draws positions
         self.cases, self.patch, self.per_volume, self.mode = cases, parse_size(patch, 'patch'), per_volume, mode
         self.seed = seed
-        if mode not in ('fixed', 'random'): raise DataError(f"patch_mode must be 'fixed' or 'random', got {mode!r}")
+        if mode not in PATCH_MODES: raise DataError(f"patch_mode must be one of {PATCH_MODES}, got {mode!r}")
         if per_volume < 1: raise DataError(f"patches_per_volume must be >= 1, got {per_volume}")
         self.shapes = [c.lr_shape for c in cases]
         for c, s in zip(cases, self.shapes):

@@ -4,6 +4,7 @@
 
 # %% ../nbs/losses.ipynb #c4c7dca3
 from __future__ import annotations
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -134,6 +135,14 @@ class Perceptual25D(nn.Module):
         super().train(mode)
         self.vgg.eval()
         return self
+
+    def start_epoch(self, n,  # slices per plane from now on (the epoch's `vgg_n`)
+                    seed,  # the epoch's draws: an int or a sequence of ints, e.g. (run seed, epoch, process)
+                   ):
+        "Draw `n` slices per plane from now on, from a generator seeded by `seed`: each epoch's draws are its own."
+        check_slices(n)
+        self.n = n
+        self.gen.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
 
     def draw(self, shape) -> list[torch.Tensor]:
         "Slice indices for each plane of an HR volume of `shape` (X, Y, Z)."

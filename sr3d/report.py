@@ -14,7 +14,7 @@ from .core import markdown_table, recorded_path, write_text
 from .config import THESIS, data_path, thesis_values
 from .evaluate import BASELINES, DIGITS
 from .metrics import NAMES, bootstrap_ci, paired_wilcoxon
-from .study import LEVERS, Grid, config_name, study_grid, table_levers, table_runs
+from .study import LEVERS, Grid, study_grid, table_levers, table_runs
 
 # %% auto #0
 __all__ = ['CLAIMS', 'read_run', 'run_list_file', 'collect', 'per_case', 'thesis_row', 'study_table', 'study_header',
@@ -77,7 +77,7 @@ def study_table(study_dir, title: str) -> pd.DataFrame:
     grid, state = study_grid(study_dir)
     runs, varied, rows = collect(study_dir), table_levers(grid, title), []
     for s in table_runs(grid, title):
-        name = config_name(s)
+        name = grid.name(s)
         row = {**{k: s.get(k, '') for k in varied}, 'run': name}  # blank: the preset's value
         if (r := runs.get(name)) is None:
             rows.append({**row, 'status': state['runs'].get(name, {}).get('status', 'missing')})
@@ -90,7 +90,7 @@ def study_table(study_dir, title: str) -> pd.DataFrame:
                         'thesis min/epoch': t['min_per_epoch']})
         rows.append(row)
     if runs:  # interpolation rows, from the baseline's metrics (the same in every run of the study)
-        r = runs.get(config_name(grid.baseline)) or next(iter(runs.values()))
+        r = runs.get(grid.name(grid.baseline)) or next(iter(runs.values()))
         for m in [m for m in reversed(BASELINES) if m in r['methods']]:
             row = {**{k: '' for k in varied}, 'run': f'interpolation: {BASELINES[m]}'}
             _quality(row, r['methods'], m)
@@ -157,11 +157,11 @@ def lever_effects(study_dir,
                  ) -> pd.DataFrame:
     "Each finished run of each table against the baseline: paired mean differences with 95% CIs, and relative cost."
     grid = study_grid(study_dir)[0]
-    runs, base = collect(study_dir), config_name(grid.baseline)
+    runs, base = collect(study_dir), grid.name(grid.baseline)
     rows = []
     for title in grid.tables:
         for s in table_runs(grid, title):
-            if (name := config_name(s)) not in runs or base not in runs: continue
+            if (name := grid.name(s)) not in runs or base not in runs: continue
             label = ', '.join(f'{k} {s[k]}' for k in table_levers(grid, title) if k in s) or 'baseline'
             row = dict(table=title, label=label, run=name, baseline=name == base,
                        cost_ratio=runs[name]['min_per_epoch'] / runs[base]['min_per_epoch'])
@@ -290,7 +290,7 @@ def _check_steps(study_dir, grid: Grid, runs: dict, claim: dict, fixed: dict) ->
     values = _lever_values(grid, claim['lever'])
     if claim['lever'] == 'vgg_n' and claim['kind'] == 'quality':
         values = [v for v in values if v != 0]  # LPIPS steps: with VGG
-    seq = [(v, n) for v in values if (n := config_name(_settings(grid, {**fixed, claim['lever']: v}))) in runs]
+    seq = [(v, n) for v in values if (n := grid.name(_settings(grid, {**fixed, claim['lever']: v}))) in runs]
     row = dict(claim=claim['claim'] + ''.join(f' ({k} = {v})' for k, v in fixed.items()))
     if len(seq) < 2: return dict(row, thesis='', study='—', holds='cannot check: runs missing')
     key = 'min_per_epoch' if claim['kind'] == 'cost' else claim['metric']
@@ -319,10 +319,10 @@ def check_claim(study_dir, claim: dict) -> list[dict]:
     thesis = ('not in the thesis' if claim.get('beyond') else
               f"{_thesis_side(grid, a, claim['metric'])} vs {_thesis_side(grid, b, claim['metric'])}")
     row = dict(claim=claim['claim'], thesis=thesis)
-    toward = config_name(_settings(grid, claim['toward'])) if 'toward' in claim else None
-    if not {config_name(a), config_name(b), toward or config_name(a)} <= set(runs):
+    toward = grid.name(_settings(grid, claim['toward'])) if 'toward' in claim else None
+    if not {grid.name(a), grid.name(b), toward or grid.name(a)} <= set(runs):
         return [dict(row, study='—', holds='cannot check: runs missing')]
-    values, holds = _quality_step(study_dir, config_name(a), config_name(b), claim['metric'], claim['better'], toward)
+    values, holds = _quality_step(study_dir, grid.name(a), grid.name(b), claim['metric'], claim['better'], toward)
     what = claim['metric'].upper() + (f' distance from {toward}' if toward else '')
     return [dict(row, study=f"{what} {values}", holds=holds)]
 

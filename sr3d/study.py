@@ -4,7 +4,7 @@
 
 # %% ../nbs/study.ipynb #1de1f678
 from __future__ import annotations
-import ctypes, fcntl, json, os, shutil, signal, subprocess, sys, threading, time
+import ctypes, fcntl, json, os, re, shutil, signal, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict, replace
@@ -14,23 +14,33 @@ from queue import Queue
 import nbformat, yaml
 import sr3d
 from .core import CommandError, portable, project_root, resolve, script, write_text
-from .config import FIELDS, ConfigError, config_hash, make_config
+from .config import ConfigError, check_names, check_value, config_hash, make_config, run_name
 
 # %% auto #0
-__all__ = ['GRIDS', 'LEVERS', 'NOTEBOOK', 'SUMMARY', 'study_cli', 'Grid', 'load_grid', 'config_name', 'table_rows',
-           'table_levers', 'table_runs', 'grid_runs', 'baseline_generator', 'run_settings', 'run_state',
-           'notebook_error', 'NotebookFailed', 'failed_copy', 'execute', 'study_lock', 'save_state', 'study_grid',
-           'grows', 'plan', 'run_study', 'run_summary', 'sr3d_study']
+__all__ = ['GRIDS', 'LEVERS', 'NOTEBOOK', 'PROGRESS', 'TQDM_WARNING', 'SUMMARY', 'study_cli', 'Grid', 'table_rows',
+           'table_levers', 'table_runs', 'grid_configs', 'seed_count', 'seed_runs', 'grid_runs', 'check_grid',
+           'load_grid', 'run_settings', 'run_state', 'notebook_error', 'NotebookFailed', 'failed_copy', 'execute',
+           'strip_progress', 'study_lock', 'save_state', 'study_grid', 'grows', 'plan', 'rename_run', 'rename_runs',
+           'baseline_generator', 'run_study', 'run_summary', 'with_seeds', 'sr3d_study']
 
 # %% ../nbs/study.ipynb #083372ed
 @dataclass
 class Grid:
-    "A study's configurations: a baseline and tables that vary parameters around it."
+    "A study's configurations: a baseline, tables that vary parameters around it, and the seeds each is trained with."
     preset: str  # the train preset every run starts from
     baseline: dict  # the settings of the shared baseline run
     tables: dict  # title -> {parameter: [values]} (the product of the lists) or [changes, ...] (a run each)
     overrides: dict = field(default_factory=dict)  # settings applied to every run (e.g. epochs)
     scaling: str = ''  # how this grid relates to the thesis's
+    seeds: list = field(default_factory=list)  # [changes, n]: the baseline with `changes` trained with seeds 0..n-1
+
+    def changes(self, settings: dict) -> dict:
+        "What `settings` change from the baseline."
+        return {k: v for k, v in settings.items() if k not in self.baseline or self.baseline[k] != v}
+
+    def name(self, settings: dict) -> str:
+        "The folder name of the run with `settings`: `sr3d.config.run_name` of its changes ('baseline' for none)."
+        return run_name(self.changes(settings))
 
 GRIDS = {
     'paper': Grid('paper', dict(vgg_n=10, n_rrdb=10, patch='30,30,20', vgg_resize=224), {
@@ -50,31 +60,12 @@ GRIDS = {
                                                {'vgg_n': 1, 'vgg_n_schedule': 'linear:1:9'}]},
         scaling=("the thesis's sizes scaled by about 0.3 to the demo volumes: patches 30x30x20/20x20x15/15x15x10 -> "
                  "8x8x6/6x6x4/4x4x3; VGG slices per plane 10/20/30 -> 3/6/9; RRDBs 5/10/15 -> 1/2/3; "
-                 "resize 224 -> 60")),
+                 "resize 224 -> 60"),
+        seeds=[[{}, 6], [{'vgg_n': 0}, 3], [{'vgg_n': 'full'}, 3], [{'patch': '4,4,3'}, 3]]),
 }
 
-def load_grid(path) -> Grid:
-    "A grid from a YAML file with keys `preset`, `baseline`, `tables` (and optional `overrides`, `scaling`)."
-    path = Path(path)
-    if not path.exists(): raise ConfigError(f"grid: {path} not found")
-    d = yaml.safe_load(path.read_text()) or {}
-    missing = {'preset', 'baseline', 'tables'} - set(d)
-    if missing: raise ConfigError(f"grid: {path} lacks {sorted(missing)}")
-    unknown = set(d) - {f for f in Grid.__dataclass_fields__}
-    if unknown: raise ConfigError(f"grid: {path} has unknown keys {sorted(unknown)}")
-    return Grid(**d)
-
 # %% ../nbs/study.ipynb #5542f198
-LEVERS = ('vgg_n', 'vgg_resize', 'n_rrdb', 'patch')
-
-def config_name(settings: dict) -> str:
-    "A run's name from its settings: the study's levers first, then any other setting."
-    parts = [f"vgg{settings['vgg_n']}" if 'vgg_n' in settings else None,
-             str(settings['vgg_resize']) if 'vgg_resize' in settings else None,
-             f"rrdb{settings['n_rrdb']}" if 'n_rrdb' in settings else None,
-             'p' + str(settings['patch']).replace(',', 'x') if 'patch' in settings else None]
-    parts += [f"{k}{v}" for k, v in sorted(settings.items()) if k not in LEVERS]
-    return '-'.join(p for p in parts if p)
+LEVERS = ('vgg_n', 'vgg_resize', 'n_rrdb', 'patch')  # the thesis's levers: the first columns of a study's tables
 
 def table_rows(table: dict | list) -> list[dict]:
     "Each run of a table as its changes to the baseline: a `{parameter: [values]}` table's product, or a list's rows."
@@ -86,22 +77,65 @@ def table_levers(grid: Grid, title: str) -> list[str]:
     return list(dict.fromkeys(k for row in table_rows(grid.tables[title]) for k in row))
 
 def table_runs(grid: Grid, title: str) -> list[dict]:
-    "The settings of every run of one table, in the table's order."
+    "The settings of every configuration of one table, in the table's order."
     return [{**grid.baseline, **changes} for changes in table_rows(grid.tables[title])]
 
+def grid_configs(grid: Grid) -> dict[str, dict]:
+    "name -> settings of every configuration of the grid (its seed-0 run), the baseline first."
+    configs = {}
+    for s in [dict(grid.baseline)] + [s for title in grid.tables for s in table_runs(grid, title)]:
+        if configs.setdefault(name := grid.name(s), s) != s:
+            raise ConfigError(f"grid: the configurations {configs[name]} and {s} would share the run name {name!r}")
+    return configs
+
+def seed_count(grid: Grid, settings: dict) -> int:
+    "How many seeds the grid trains the configuration `settings` with (1: its own seed only)."
+    return max([n for changes, n in grid.seeds if grid.name({**grid.baseline, **changes}) == grid.name(settings)],
+               default=1)
+
+def seed_runs(grid: Grid, settings: dict) -> list[str]:
+    "The run names of one configuration, a run per seed: its own (seed 0), then `seed=k`."
+    return [grid.name(settings)] + [grid.name({**settings, 'seed': k}) for k in range(1, seed_count(grid, settings))]
+
 def grid_runs(grid: Grid) -> dict[str, dict]:
-    "name -> settings for every distinct run of the grid, the baseline first."
-    runs = {config_name(grid.baseline): dict(grid.baseline)}
-    for title in grid.tables:
-        for s in table_runs(grid, title): runs.setdefault(config_name(s), s)
+    "name -> settings for every run of the grid: each configuration (the baseline first), then further seeds, seed by seed."
+    runs = grid_configs(grid)
+    counts = [(s, seed_count(grid, s)) for s in list(runs.values())]
+    for k in range(1, max(n for _, n in counts)):
+        runs.update({grid.name({**s, 'seed': k}): {**s, 'seed': k} for s, n in counts if k < n})
     return runs
 
-def baseline_generator(study='outputs/demo',  # a study folder (relative paths from the project root)
-                      ) -> Path:
-    "The generator file of a study's baseline run: the one the README's `sr3d_infer` line names for the demo."
-    study = resolve(study)
-    grid = json.loads((study/'study.json').read_text())['grid']
-    return study/'runs'/config_name(grid['baseline'])/'generator.pt'
+# %% ../nbs/study.ipynb #a1c0e5b2
+def check_grid(grid: Grid,
+               where: str = 'grid',  # what to name in an error (a file, or --set)
+              ) -> Grid:
+    "Raise `ConfigError` unless `grid` names known parameters, leaves its levers to its tables and seeds real configurations."
+    check_value('preset', grid.preset)
+    rows = [r for t in grid.tables.values() for r in table_rows(t)]
+    for part in [grid.baseline, grid.overrides, *rows, *(c for c, _ in grid.seeds)]: check_names(part, where)
+    levers = {*grid.baseline, *(k for r in rows for k in r)} | ({'seed'} if grid.seeds else set())
+    if clash := sorted(levers & set(grid.overrides)):
+        raise ConfigError(f"{where}: {', '.join(clash)} {'is' if len(clash) == 1 else 'are'} set by the grid's "
+                          "baseline, tables or seeds, so one value for every run (--set, or the grid's overrides) "
+                          "cannot apply; change the grid instead")
+    configs = grid_configs(grid)
+    for entry in grid.seeds:
+        if not (len(entry) == 2 and isinstance(entry[0], dict) and isinstance(entry[1], int) and entry[1] >= 1):
+            raise ConfigError(f"{where}: seeds entries are [changes, n] with n >= 1 seeds, got {entry!r}")
+        if grid.name({**grid.baseline, **entry[0]}) not in configs:
+            raise ConfigError(f"{where}: seeds {entry[0]} is not a configuration of the grid (its baseline or a table row)")
+    return grid
+
+def load_grid(path) -> Grid:
+    "A grid from a YAML file with keys `preset`, `baseline`, `tables` (and optional `overrides`, `scaling`, `seeds`)."
+    path = Path(path)
+    if not path.exists(): raise ConfigError(f"grid: {path} not found")
+    d = yaml.safe_load(path.read_text()) or {}
+    missing = {'preset', 'baseline', 'tables'} - set(d)
+    if missing: raise ConfigError(f"grid: {path} lacks {sorted(missing)}")
+    unknown = set(d) - {f for f in Grid.__dataclass_fields__}
+    if unknown: raise ConfigError(f"grid: {path} has unknown keys {sorted(unknown)}")
+    return check_grid(Grid(**d), f'grid {path}')
 
 # %% ../nbs/study.ipynb #a95214be
 NOTEBOOK = 'nbs/train.ipynb'
@@ -167,10 +201,24 @@ def execute(notebook,  # the notebook to run, relative to the project root
         raise NotebookFailed(f"{portable(notebook)}: {error} ({kept}; {portable(out_nb)} was not touched)")
     nb = nbformat.read(tmp, as_version=4)
     nb.metadata.papermill.output_path = portable(out_nb)  # the name it is read under, not the temporary one
-    nbformat.write(nb, tmp)
+    nbformat.write(strip_progress(nb), tmp)  # a run's progress is in its log.csv, not as bars
     os.replace(tmp, out_nb)
     failed.unlink(missing_ok=True)
     return out_nb
+
+# %% ../nbs/study.ipynb #e4c92f4c
+PROGRESS = re.compile(r'\d+%\|')  # a tqdm bar
+TQDM_WARNING = re.compile(r'TqdmWarning: IProgress not found|^\s+from \.autonotebook import')  # tqdm.auto without widgets
+
+def strip_progress(nb: dict) -> dict:
+    "`nb` (a notebook as JSON) without stderr streams made only of progress bars and tqdm's widget warning."
+    def noise(o):
+        if o.get('output_type') != 'stream' or o.get('name') != 'stderr': return False
+        lines = [l for l in re.split(r'[\r\n]', ''.join(o['text'])) if l.strip()]
+        return all(PROGRESS.search(l) or TQDM_WARNING.search(l) for l in lines)
+    for cell in nb['cells']:
+        if 'outputs' in cell: cell['outputs'] = [o for o in cell['outputs'] if not noise(o)]
+    return nb
 
 # %% ../nbs/study.ipynb #341fe88f
 @contextmanager
@@ -191,21 +239,24 @@ def study_grid(study,  # a study folder
     f = Path(study)/'study.json'
     if not f.exists(): raise ConfigError(f"study: {f} not found; run or submit the study first")
     state = json.loads(f.read_text())
-    return Grid(**{k: state['grid'][k] for k in Grid.__dataclass_fields__}), state
+    return Grid(**{k: state['grid'][k] for k in Grid.__dataclass_fields__ if k in state['grid']}), state
 
 def grows(old: dict, new: dict) -> bool:
-    "Whether grid record `new` is `old` with tables (or a table's rows) added: the same study, resumed and grown."
-    same = all(old.get(k) == new.get(k) for k in new if k != 'tables')
+    "Whether grid record `new` is `old` with tables, rows or seeds added: the same study, resumed and grown."
+    same = all(old.get(k) == new.get(k) for k in new if k not in ('tables', 'seeds'))
     def kept(t): return t in new['tables'] and all(r in table_rows(new['tables'][t])
                                                     for r in table_rows(old['tables'][t]))
-    return same and all(kept(t) for t in old['tables'])
+    more_seeds = all(any(c == c2 and n2 >= n for c2, n2 in new.get('seeds', [])) for c, n in old.get('seeds', []))
+    return same and all(kept(t) for t in old['tables']) and more_seeds
 
 def plan(grid: Grid, out: Path, data=None) -> tuple[dict, list]:
     "The study's state (study.json, updated) and the `(name, params)` of every run still to do."
+    check_grid(grid)
     state = json.loads((out/'study.json').read_text()) if (out/'study.json').exists() else {}
     if state and not grows(state['grid'], _grid_record(grid, data)):
-        raise ConfigError(f"study: {out} holds a study of a different grid (not this one with tables added); "
+        raise ConfigError(f"study: {out} holds a study of a different grid (not this one with tables or seeds added); "
                           "choose another --out")
+    rename_runs(out, grid, state)
     state.update(grid=_grid_record(grid, data), sr3d=sr3d.__version__)
     runs, todo = state.setdefault('runs', {}), []
     for name, settings in grid_runs(grid).items():
@@ -225,6 +276,48 @@ def plan(grid: Grid, out: Path, data=None) -> tuple[dict, list]:
         todo.append((name, params))
     save_state(out, state)
     return state, todo
+
+# %% ../nbs/study.ipynb #f5aa3fc8
+def rename_run(runs: Path,  # a study's runs/ folder
+               old: str, new: str,  # the run's recorded name and the name it moves to
+              ):
+    "Move one run's folder, executed notebook and log from `old` to `new`, rewriting the records that name them."
+    cfg = runs/old/'config.json'
+    info = json.loads(cfg.read_text())
+    info['config']['run_dir'] = portable(runs/new)
+    write_text(cfg, json.dumps(info, indent=1))
+    if (nb := runs/f'{old}.ipynb').exists():
+        here = re.compile(rf'(runs/){re.escape(old)}(?![A-Za-z0-9_:=-])')  # the folder, not a longer name it begins
+        text = json.dumps(strip_progress(json.loads(nb.read_text())), indent=1, ensure_ascii=False)
+        def cut(m): return f'runs/{new}' if old.startswith(m.group(1)) else m.group(0)  # a table's shortened path
+        text = re.sub(r'runs/([A-Za-z0-9_:=-]+)\.\.\.', cut, here.sub(rf'\g<1>{new}', text))
+        write_text(runs/f'{new}.ipynb', text + '\n')
+    os.replace(runs/old, runs/new)
+    if (log := runs/f'{old}.log').exists(): os.replace(log, runs/f'{new}.log')
+    (runs/f'{old}.ipynb').unlink(missing_ok=True)
+
+def rename_runs(out: Path,  # a study folder
+                grid: Grid,  # its grid
+                state: dict,  # its study.json, updated in place
+               ) -> dict[str, str]:
+    "Move every run whose folder has another name than `grid` gives its recorded settings; returns old -> new."
+    moved = {}
+    for old, r in state.get('runs', {}).items():
+        if (new := grid.name(r['settings'])) == old: continue
+        if (out/'runs'/new).exists():
+            raise ConfigError(f"study: run {old} is named {new} today, but {out/'runs'/new} exists already")
+        if (out/'runs'/old).exists(): rename_run(out/'runs', old, new)
+        moved[old] = new
+        print(f"[study] {old}: renamed {new}", flush=True)
+    state['runs'] = {moved.get(k, k): v for k, v in state.get('runs', {}).items()}
+    if moved: save_state(out, state)
+    return moved
+
+def baseline_generator(study='outputs/demo',  # a study folder (relative paths from the project root)
+                      ) -> Path:
+    "The generator file of a study's baseline run: the one the README's `sr3d_infer` line names for the demo."
+    grid = study_grid(resolve(study))[0]
+    return resolve(study)/'runs'/grid.name(grid.baseline)/'generator.pt'
 
 # %% ../nbs/study.ipynb #2853326f
 def _run_one(name: str, params: dict, out: Path, state: dict, slots: Queue, guard: threading.Lock):
@@ -279,11 +372,17 @@ def run_summary(study_dir) -> Path:
     return execute(SUMMARY, study_dir/'summary.ipynb', dict(study=portable(study_dir)))
 
 # %% ../nbs/study.ipynb #464e2791
+def with_seeds(grid: Grid, n: int) -> Grid:
+    "`grid` with every configuration trained with at least `n` seeds (0..n-1)."
+    if n < 1: raise ConfigError(f"seeds: must be an int >= 1, got {n}")
+    return replace(grid, seeds=[[grid.changes(s), max(n, seed_count(grid, s))] for s in grid_configs(grid).values()])
+
 def sr3d_study(preset: str | None = None,  # the preset's grid: 'demo' (this CPU) or 'paper' (the thesis)
                grid: str | None = None,  # a YAML grid instead of a preset (keys: preset, baseline, tables, overrides)
                out: str | None = None,  # the study folder (default outputs/<preset>)
                data: str | None = None,  # a prepared list.csv for every run (default: the preset's data)
-               set: list = None,  # KEY=VALUE settings applied to every run, e.g. epochs=4
+               set: list = None,  # KEY=VALUE settings applied to every run, e.g. epochs=4 (not a lever of the grid)
+               seeds: int | None = None,  # train every configuration with seeds 0..N-1 (at least the grid's own seeds)
                jobs: int = 1,  # runs at a time
                devices: str | None = None,  # GPU ids shared among parallel runs, e.g. 0,1,2,3
                gpus_per_run: int = 1,  # GPUs per run (each run data-parallel over them)
@@ -301,11 +400,11 @@ def sr3d_study(preset: str | None = None,  # the preset's grid: 'demo' (this CPU
     if preset is not None and preset not in GRIDS:
         raise ConfigError(f"preset: must be one of {list(GRIDS)}, got {preset!r}")
     g = GRIDS[preset] if preset else load_grid(grid)
+    if seeds is not None: g = with_seeds(g, seeds)
     if set:
         if bad := [s for s in set if '=' not in s]: raise ConfigError(f"set: expected KEY=VALUE, got {bad}")
         extra = {k: yaml.safe_load(v) for k, v in (s.split('=', 1) for s in set)}
-        if unknown := sorted({*extra} - {*FIELDS}): raise ConfigError(f"set: unknown parameters {unknown}")
-        g = replace(g, overrides={**g.overrides, **extra})
+        g = check_grid(replace(g, overrides={**g.overrides, **extra}), '--set')
     out = resolve(out or f'outputs/{g.preset}')
     from sr3d.slurm import SlurmOptions, study_status, submit_study  # sr3d.slurm builds on this module
     if status: return study_status(out)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/train.ipynb #83c3c753
 from __future__ import annotations
-import copy, fcntl, importlib.metadata, json, math, platform, random, subprocess, sys, time, warnings
+import copy, fcntl, importlib.metadata, json, math, os, platform, random, subprocess, sys, time, warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -16,7 +16,6 @@ import matplotlib.pyplot as plt
 warnings.filterwarnings('ignore', message='IProgress not found')
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from tqdm import tqdm  # text progress: no widget in papermill or a terminal
 import sr3d
 from .core import atomic, parse_size, portable, project_root, resolve, write_text
 # make_config too: scripts start a run with `from sr3d.train import make_config, launch`
@@ -321,13 +320,9 @@ def _train(c: TrainConfig, acc: Accelerator) -> Path:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         write_log(run_dir, log)
         if start: print(f"resuming {run_dir.name} after epoch {start}")
-    bar = tqdm(total=c.epochs, initial=start, desc=run_dir.name[:40], disable=not acc.is_main_process, mininterval=10)
     for epoch in range(start, c.epochs):
         sampler.set_epoch(epoch)
-        if m.perceptual is not None:
-            m.perceptual.n = schedule[epoch]
-            draws = np.random.SeedSequence([c.seed, epoch, acc.process_index]).generate_state(1)[0]
-            m.perceptual.gen.manual_seed(int(draws))
+        if m.perceptual is not None: m.perceptual.start_epoch(schedule[epoch], [c.seed, epoch, acc.process_index])
         m.G.train()
         m.D.train()
         t0, sums, waited = time.perf_counter(), {}, 0.0
@@ -346,7 +341,8 @@ def _train(c: TrainConfig, acc: Accelerator) -> Path:
         seconds = time.perf_counter() - t0
         row = dict(epoch=epoch + 1, **{k: v / len(sampler) for k, v in sums.items()}, lr_g=m.sched.get_last_lr()[0],
                    lr_d=m.opt_d.param_groups[0]['lr'], seconds=seconds, data_seconds=waited, steps=len(sampler),
-                   vgg_n=m.perceptual.n if m.perceptual is not None else 0, vgg_images=images[epoch])
+                   vgg_n=m.perceptual.n if m.perceptual is not None else 0, vgg_images=images[epoch],
+                   load=os.getloadavg()[0])  # the machine's 1-minute load: other work slows an epoch too
 
         m.sched.step()
         log.append(row)
@@ -354,10 +350,9 @@ def _train(c: TrainConfig, acc: Accelerator) -> Path:
             write_log(run_dir, log)
             if (epoch + 1) % c.ckpt_every == 0 or epoch + 1 == c.epochs:
                 save_checkpoint(ckpt, epoch + 1, m, acc, c, log, intensity)
+                print(f"epoch {epoch + 1}/{c.epochs}: loss {row['total']:.4f}, {seconds:.1f} s, checkpoint saved",
+                      flush=True)  # a line per checkpoint, no progress bar: log.csv has every epoch
         acc.wait_for_everyone()
-        bar.update(1)
-        bar.set_postfix(total=f"{row['total']:.4f}", s_per_epoch=f"{seconds:.1f}")
-    bar.close()
     if acc.is_main_process and not (run_dir/'generator.pt').exists():  # the average, when the run keeps one
         released = acc.unwrap_model(m.G) if m.ema is None else m.ema
         save_generator(released, run_dir/'generator.pt', intensity, epochs=c.epochs, config_hash=config_hash(c),

@@ -14,7 +14,8 @@ from .core import markdown_table, recorded_path, write_text
 from .config import THESIS, data_path, thesis_values
 from .evaluate import BASELINES, DIGITS
 from .metrics import NAMES, bootstrap_ci, paired_wilcoxon
-from .study import LEVERS, Grid, study_grid, table_levers, table_runs
+from .grids import LEVERS, Grid, table_levers, table_runs
+from .study import study_grid
 
 # %% auto #0
 __all__ = ['CLAIMS', 'read_run', 'run_list_file', 'collect', 'per_case', 'thesis_row', 'study_table', 'study_header',

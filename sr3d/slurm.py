@@ -10,14 +10,13 @@ from pathlib import Path
 import pandas as pd
 from .core import CommandError, markdown_table, portable, project_root, resolve, write_text
 from .config import ConfigError
-from .study import (NOTEBOOK, Grid, execute, grid_runs, plan, run_settings, run_state, run_summary, save_state,
-                        study_grid, study_lock)
+from .grids import Grid, grid_runs
+from .study import NOTEBOOK, execute, plan, run_settings, run_state, run_summary, save_state, study_grid, study_lock
 
 # %% auto #0
 __all__ = ['OWN', 'QUEUED', 'RUNNING', 'sbatch_option', 'SlurmOptions', 'slurm_grid', 'script_path', 'array_script',
            'summary_script', 'task_record', 'run_task', 'parse_queue', 'queue', 'submissions', 'latest_tasks',
-           'run_rows', 'study_status', 'sbatch', 'submit_study', 'summary_task', 'in_allocation', 'srun_command',
-           'rendezvous', 'torchrun_command', 'main']
+           'run_rows', 'study_status', 'sbatch', 'submit_study', 'summary_task', 'main']
 
 # %% ../nbs/slurm.ipynb #4f00e47f
 OWN = ('array', 'output', 'error', 'open-mode', 'chdir', 'job-name', 'dependency', 'requeue', 'no-requeue',
@@ -286,53 +285,12 @@ def summary_task(study,  # the study folder (relative paths from the project roo
     print(f"[sr3d slurm] summary: {portable(nb)}", flush=True)
     return nb
 
-# %% ../nbs/slurm.ipynb #c36b3dab
-def in_allocation(env: dict | None = None) -> bool:
-    "Whether this process runs in a Slurm job's batch script or salloc shell, outside any job step."
-    env = os.environ if env is None else env
-    return 'SLURM_JOB_ID' in env and 'SLURM_STEP_ID' not in env
-
-def srun_command(processes: int,  # the run's processes in all
-                 config,  # the run's config.json
-                 env: dict | None = None,  # the job's environment (default: this process's)
-                ) -> list[str]:
-    "srun: on every node of this Slurm job, `python -m sr3d.slurm node` for its share of `processes`."
-    env = os.environ if env is None else env
-    nodes = int(env['SLURM_JOB_NUM_NODES'])
-    if processes % nodes:
-        raise ConfigError(f"num_processes: {processes} do not split evenly over the {nodes} nodes of Slurm job "
-                          f"{env['SLURM_JOB_ID']}")
-    cpus = [f"--cpus-per-task={env['SLURM_CPUS_PER_TASK']}"] if 'SLURM_CPUS_PER_TASK' in env else []  # not inherited
-    return ['srun', f'--nodes={nodes}', f'--ntasks={nodes}', '--ntasks-per-node=1', *cpus, '--kill-on-bad-exit=1',
-            sys.executable, '-m', 'sr3d.slurm', 'node', str(processes // nodes), str(config)]
-
-def rendezvous(env: dict | None = None) -> dict:
-    "torchrun's static rendezvous on this node of a Slurm job step: nodes, this node's rank, the first host, a port."
-    env = os.environ if env is None else env
-    hosts = subprocess.run(['scontrol', 'show', 'hostnames', env['SLURM_JOB_NODELIST']], capture_output=True,
-                           text=True, timeout=30, check=True).stdout.split()
-    port = 20000 + int(env['SLURM_JOB_ID']) % 20000  # one port per job: two jobs sharing a node do not meet
-    return dict(nnodes=int(env['SLURM_NNODES']), node_rank=int(env['SLURM_NODEID']), master_addr=hosts[0],
-                master_port=port)
-
-def torchrun_command(per_node: int,  # processes on this node
-                     config,  # the run's config.json
-                     rdzv: dict,  # from `rendezvous`
-                    ) -> list[str]:
-    "torchrun on one node: `per_node` processes of `python -m sr3d.train config`, meeting the others at `rdzv`."
-    return [sys.executable, '-m', 'torch.distributed.run', *[f'--{k}={v}' for k, v in rdzv.items()],
-            f'--nproc_per_node={per_node}', '-m', 'sr3d.train', str(config)]
-
 # %% ../nbs/slurm.ipynb #222ac223
 def main(argv=None):
-    "Entry point of `python -m sr3d.slurm run STUDY NAME | summary STUDY | node PROCESSES CONFIG`."
+    "Entry point of `python -m sr3d.slurm run STUDY NAME | summary STUDY`."
     a = sys.argv[1:] if argv is None else argv
     if len(a) == 3 and a[0] == 'run': sys.exit(0 if run_task(a[1], a[2]) else 1)
     elif len(a) == 2 and a[0] == 'summary': summary_task(a[1])
-    elif len(a) == 3 and a[0] == 'node':
-        cmd = torchrun_command(int(a[1]), a[2], rendezvous())
-        print('[sr3d slurm] node', os.environ.get('SLURM_NODEID'), 'launching:', ' '.join(cmd), flush=True)
-        os.execv(cmd[0], cmd)
-    else: sys.exit('usage: python -m sr3d.slurm run STUDY NAME | summary STUDY | node PROCESSES CONFIG')
+    else: sys.exit('usage: python -m sr3d.slurm run STUDY NAME | summary STUDY')
 
 if __name__ == '__main__' and '__file__' in globals(): main()  # a module run, not a notebook kernel

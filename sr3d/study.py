@@ -7,135 +7,19 @@ from __future__ import annotations
 import ctypes, fcntl, json, os, re, shutil, signal, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field, asdict, replace
-from itertools import product
+from dataclasses import asdict, replace
 from pathlib import Path
 from queue import Queue
 import nbformat, yaml
 import sr3d
-from .core import CommandError, portable, project_root, resolve, script, write_text
-from .config import ConfigError, check_names, check_value, config_hash, make_config, run_name
+from .core import CommandError, portable, project_root, resolve, write_text
+from .config import ConfigError, config_hash, make_config
+from .grids import Grid, check_grid, grid_runs, table_rows
 
 # %% auto #0
-__all__ = ['GRIDS', 'LEVERS', 'NOTEBOOK', 'PROGRESS', 'TQDM_WARNING', 'SUMMARY', 'study_cli', 'Grid', 'table_rows',
-           'table_levers', 'table_runs', 'grid_configs', 'seed_count', 'seed_runs', 'grid_runs', 'check_grid',
-           'load_grid', 'run_settings', 'run_state', 'notebook_error', 'NotebookFailed', 'failed_copy', 'execute',
-           'strip_progress', 'study_lock', 'save_state', 'study_grid', 'grows', 'plan', 'rename_run', 'rename_runs',
-           'baseline_generator', 'run_study', 'run_summary', 'with_seeds', 'sr3d_study']
-
-# %% ../nbs/study.ipynb #083372ed
-@dataclass
-class Grid:
-    "A study's configurations: a baseline, tables that vary parameters around it, and the seeds each is trained with."
-    preset: str  # the train preset every run starts from
-    baseline: dict  # the settings of the shared baseline run
-    tables: dict  # title -> {parameter: [values]} (the product of the lists) or [changes, ...] (a run each)
-    overrides: dict = field(default_factory=dict)  # settings applied to every run (e.g. epochs)
-    scaling: str = ''  # how this grid relates to the thesis's
-    seeds: list = field(default_factory=list)  # [changes, n]: the baseline with `changes` trained with seeds 0..n-1
-
-    def changes(self, settings: dict) -> dict:
-        "What `settings` change from the baseline."
-        return {k: v for k, v in settings.items() if k not in self.baseline or self.baseline[k] != v}
-
-    def name(self, settings: dict) -> str:
-        "The folder name of the run with `settings`: `sr3d.config.run_name` of its changes ('baseline' for none)."
-        return run_name(self.changes(settings))
-
-GRIDS = {
-    'paper': Grid('paper', dict(vgg_n=10, n_rrdb=10, patch='30,30,20', vgg_resize=224), {
-        'Table 4.2 — VGG slices per plane': {'vgg_n': [0, 10, 20, 30, 'full']},
-        'Table 4.3 — RRDB blocks': {'n_rrdb': [5, 10, 15]},
-        'Table 4.4 — LR patch size': {'patch': ['30,30,20', '20,20,15', '15,15,10']},
-        'VGG input size (beyond the thesis)': {'vgg_n': [10, 'full'], 'vgg_resize': [224, 'native']}},
-        scaling="the thesis's own grid (SPEC)"),
-    'demo': Grid('demo', dict(vgg_n=3, n_rrdb=2, patch='8,8,6', vgg_resize='native'), {
-        'Table 4.2 — VGG slices per plane': {'vgg_n': [0, 3, 6, 9, 'full']},
-        'Table 4.3 — RRDB blocks': {'n_rrdb': [1, 2, 3]},
-        'Table 4.4 — LR patch size': {'patch': ['8,8,6', '6,6,4', '4,4,3']},
-        'VGG input size (beyond the thesis)': {'vgg_n': [3], 'vgg_resize': ['native', 60]},
-        'Training practice (beyond the thesis)': [{}, {'ema': 'off'}, {'up_init': 'plain'}, {'lambda_adv': 0}],
-        'Slice sampling (beyond the thesis)': [{}, {'vgg_sampling': 'importance'}, {'vgg_n': 1},
-                                               {'vgg_n': 1, 'vgg_sampling': 'importance'},
-                                               {'vgg_n': 1, 'vgg_n_schedule': 'linear:1:9'}]},
-        scaling=("the thesis's sizes scaled by about 0.3 to the demo volumes: patches 30x30x20/20x20x15/15x15x10 -> "
-                 "8x8x6/6x6x4/4x4x3; VGG slices per plane 10/20/30 -> 3/6/9; RRDBs 5/10/15 -> 1/2/3; "
-                 "resize 224 -> 60"),
-        seeds=[[{}, 6], [{'vgg_n': 0}, 3], [{'vgg_n': 'full'}, 3], [{'patch': '4,4,3'}, 3]]),
-}
-
-# %% ../nbs/study.ipynb #5542f198
-LEVERS = ('vgg_n', 'vgg_resize', 'n_rrdb', 'patch')  # the thesis's levers: the first columns of a study's tables
-
-def table_rows(table: dict | list) -> list[dict]:
-    "Each run of a table as its changes to the baseline: a `{parameter: [values]}` table's product, or a list's rows."
-    if isinstance(table, list): return [dict(row) for row in table]
-    return [dict(zip(table, values)) for values in product(*table.values())]
-
-def table_levers(grid: Grid, title: str) -> list[str]:
-    "The parameters one table changes, in order."
-    return list(dict.fromkeys(k for row in table_rows(grid.tables[title]) for k in row))
-
-def table_runs(grid: Grid, title: str) -> list[dict]:
-    "The settings of every configuration of one table, in the table's order."
-    return [{**grid.baseline, **changes} for changes in table_rows(grid.tables[title])]
-
-def grid_configs(grid: Grid) -> dict[str, dict]:
-    "name -> settings of every configuration of the grid (its seed-0 run), the baseline first."
-    configs = {}
-    for s in [dict(grid.baseline)] + [s for title in grid.tables for s in table_runs(grid, title)]:
-        if configs.setdefault(name := grid.name(s), s) != s:
-            raise ConfigError(f"grid: the configurations {configs[name]} and {s} would share the run name {name!r}")
-    return configs
-
-def seed_count(grid: Grid, settings: dict) -> int:
-    "How many seeds the grid trains the configuration `settings` with (1: its own seed only)."
-    return max([n for changes, n in grid.seeds if grid.name({**grid.baseline, **changes}) == grid.name(settings)],
-               default=1)
-
-def seed_runs(grid: Grid, settings: dict) -> list[str]:
-    "The run names of one configuration, a run per seed: its own (seed 0), then `seed=k`."
-    return [grid.name(settings)] + [grid.name({**settings, 'seed': k}) for k in range(1, seed_count(grid, settings))]
-
-def grid_runs(grid: Grid) -> dict[str, dict]:
-    "name -> settings for every run of the grid: each configuration (the baseline first), then further seeds, seed by seed."
-    runs = grid_configs(grid)
-    counts = [(s, seed_count(grid, s)) for s in list(runs.values())]
-    for k in range(1, max(n for _, n in counts)):
-        runs.update({grid.name({**s, 'seed': k}): {**s, 'seed': k} for s, n in counts if k < n})
-    return runs
-
-# %% ../nbs/study.ipynb #a1c0e5b2
-def check_grid(grid: Grid,
-               where: str = 'grid',  # what to name in an error (a file, or --set)
-              ) -> Grid:
-    "Raise `ConfigError` unless `grid` names known parameters, leaves its levers to its tables and seeds real configurations."
-    check_value('preset', grid.preset)
-    rows = [r for t in grid.tables.values() for r in table_rows(t)]
-    for part in [grid.baseline, grid.overrides, *rows, *(c for c, _ in grid.seeds)]: check_names(part, where)
-    levers = {*grid.baseline, *(k for r in rows for k in r)} | ({'seed'} if grid.seeds else set())
-    if clash := sorted(levers & set(grid.overrides)):
-        raise ConfigError(f"{where}: {', '.join(clash)} {'is' if len(clash) == 1 else 'are'} set by the grid's "
-                          "baseline, tables or seeds, so one value for every run (--set, or the grid's overrides) "
-                          "cannot apply; change the grid instead")
-    configs = grid_configs(grid)
-    for entry in grid.seeds:
-        if not (len(entry) == 2 and isinstance(entry[0], dict) and isinstance(entry[1], int) and entry[1] >= 1):
-            raise ConfigError(f"{where}: seeds entries are [changes, n] with n >= 1 seeds, got {entry!r}")
-        if grid.name({**grid.baseline, **entry[0]}) not in configs:
-            raise ConfigError(f"{where}: seeds {entry[0]} is not a configuration of the grid (its baseline or a table row)")
-    return grid
-
-def load_grid(path) -> Grid:
-    "A grid from a YAML file with keys `preset`, `baseline`, `tables` (and optional `overrides`, `scaling`, `seeds`)."
-    path = Path(path)
-    if not path.exists(): raise ConfigError(f"grid: {path} not found")
-    d = yaml.safe_load(path.read_text()) or {}
-    missing = {'preset', 'baseline', 'tables'} - set(d)
-    if missing: raise ConfigError(f"grid: {path} lacks {sorted(missing)}")
-    unknown = set(d) - {f for f in Grid.__dataclass_fields__}
-    if unknown: raise ConfigError(f"grid: {path} has unknown keys {sorted(unknown)}")
-    return check_grid(Grid(**d), f'grid {path}')
+__all__ = ['NOTEBOOK', 'PROGRESS', 'TQDM_WARNING', 'SUMMARY', 'run_settings', 'run_state', 'notebook_error', 'NotebookFailed',
+           'failed_copy', 'execute', 'strip_progress', 'study_lock', 'save_state', 'study_grid', 'grows', 'plan',
+           'rename_run', 'rename_runs', 'baseline_generator', 'run_study', 'run_summary']
 
 # %% ../nbs/study.ipynb #a95214be
 NOTEBOOK = 'nbs/train.ipynb'
@@ -370,55 +254,3 @@ def run_summary(study_dir) -> Path:
     "Execute the summary notebook for `study_dir` into `study_dir/summary.ipynb`."
     study_dir = Path(study_dir).absolute()
     return execute(SUMMARY, study_dir/'summary.ipynb', dict(study=portable(study_dir)))
-
-# %% ../nbs/study.ipynb #464e2791
-def with_seeds(grid: Grid, n: int) -> Grid:
-    "`grid` with every configuration trained with at least `n` seeds (0..n-1)."
-    if n < 1: raise ConfigError(f"seeds: must be an int >= 1, got {n}")
-    return replace(grid, seeds=[[grid.changes(s), max(n, seed_count(grid, s))] for s in grid_configs(grid).values()])
-
-def sr3d_study(preset: str | None = None,  # the preset's grid: 'demo' (this CPU) or 'paper' (the thesis)
-               grid: str | None = None,  # a YAML grid instead of a preset (keys: preset, baseline, tables, overrides)
-               out: str | None = None,  # the study folder (default outputs/<preset>)
-               data: str | None = None,  # a prepared list.csv for every run (default: the preset's data)
-               set: list = None,  # KEY=VALUE settings applied to every run, e.g. epochs=4 (not a lever of the grid)
-               seeds: int | None = None,  # train every configuration with seeds 0..N-1 (at least the grid's own seeds)
-               jobs: int = 1,  # runs at a time
-               devices: str | None = None,  # GPU ids shared among parallel runs, e.g. 0,1,2,3
-               gpus_per_run: int = 1,  # GPUs per run (each run data-parallel over them)
-               slurm: bool = False,  # submit the runs to Slurm as one job array, and the summary as a job after it
-               dry_run: bool = False,  # with --slurm: print the job scripts, submit nothing
-               status: bool = False,  # print every run's status (finished / running / queued / failed) and stop
-               nodes_per_run: int = 1,  # with --slurm: nodes per run (its processes: nodes x GPUs per run)
-               time_limit: str | None = None,  # with --slurm: each run's time limit, e.g. 2-00:00:00
-               partition: str | None = None,  # with --slurm: the partition
-               account: str | None = None,  # with --slurm: the account charged
-               sbatch: list = None,  # with --slurm: further sbatch options as KEY=VALUE or FLAG, e.g. qos=high mem=64G
-              ) -> str:
-    "Run the thesis's ablations as executed notebooks, then the study's tables and summary."
-    if (preset is None) == (grid is None): raise ConfigError('study: give exactly one of --preset or --grid')
-    if preset is not None and preset not in GRIDS:
-        raise ConfigError(f"preset: must be one of {list(GRIDS)}, got {preset!r}")
-    g = GRIDS[preset] if preset else load_grid(grid)
-    if seeds is not None: g = with_seeds(g, seeds)
-    if set:
-        if bad := [s for s in set if '=' not in s]: raise ConfigError(f"set: expected KEY=VALUE, got {bad}")
-        extra = {k: yaml.safe_load(v) for k, v in (s.split('=', 1) for s in set)}
-        g = check_grid(replace(g, overrides={**g.overrides, **extra}), '--set')
-    out = resolve(out or f'outputs/{g.preset}')
-    from sr3d.slurm import SlurmOptions, study_status, submit_study  # sr3d.slurm builds on this module
-    if status: return study_status(out)
-    if slurm and devices: raise ConfigError('devices: Slurm gives each run its GPUs; leave out --devices with --slurm')
-    if slurm: return submit_study(g, out, data, SlurmOptions(jobs, gpus_per_run, nodes_per_run, time_limit, partition,
-                                                             account, sbatch or []), dry_run)
-    if dry_run or time_limit or partition or account or sbatch or nodes_per_run != 1:
-        raise ConfigError('slurm: --dry-run, --nodes-per-run, --time-limit, --partition, --account and --sbatch '
-                          'go with --slurm')
-    run_study(g, out, data, jobs, [int(d) for d in devices.split(',')] if devices else None, gpus_per_run)
-    runs = json.loads((out/'study.json').read_text())['runs']
-    failed = [n for n, r in runs.items() if r['status'] != 'finished']
-    failures = f", {len(failed)} failed: {failed}" if failed else ''
-    done = f"study {portable(out)}: {len(runs) - len(failed)} runs finished{failures}"
-    return f"{done}\ntables: {portable(out/'tables.md')}; summary: {portable(out/'summary.ipynb')}"
-
-study_cli = script(sr3d_study)

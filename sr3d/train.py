@@ -4,7 +4,7 @@
 
 # %% ../nbs/train.ipynb #83c3c753
 from __future__ import annotations
-import copy, fcntl, importlib.metadata, json, math, os, platform, random, subprocess, sys, time, warnings
+import copy, fcntl, json, math, os, random, subprocess, sys, time, warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 import matplotlib.pyplot as plt
-# Accelerate imports tqdm.auto, which warns in a notebook kernel without ipywidgets; sr3d's progress is plain text tqdm
+# Accelerate imports tqdm.auto, which warns in a notebook kernel without ipywidgets (sr3d draws no progress bars)
 warnings.filterwarnings('ignore', message='IProgress not found')
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
@@ -25,61 +25,15 @@ from .prepare import read_list
 from .model import Discriminator, Generator, generator_record, intensity_record, save_generator
 from .losses import Perceptual25D, d_loss, generator_loss, vgg_images
 from .weights import find_weights
-from .slurm import in_allocation, srun_command
+from .machine import provenance, resolve_precision
+from .launcher import process_command
 
 # %% auto #0
-__all__ = ['STEP_PARTS', 'cpu_model', 'cpu_name', 'provenance', 'resolve_precision', 'open_run', 'load_config', 'epoch_batches',
-           'EpochBatches', 'batch_readings', 'Models', 'build', 'NonFiniteLoss', 'train_step', 'reset_accelerate',
-           'update_ema', 'rng_states', 'set_rng_states', 'save_checkpoint', 'load_checkpoint', 'autocast_dtype',
-           'write_log', 'train', 'launch', 'main', 'plot_log']
+__all__ = ['STEP_PARTS', 'open_run', 'load_config', 'epoch_batches', 'EpochBatches', 'batch_readings', 'Models', 'build',
+           'NonFiniteLoss', 'train_step', 'reset_accelerate', 'update_ema', 'rng_states', 'set_rng_states',
+           'save_checkpoint', 'load_checkpoint', 'autocast_dtype', 'write_log', 'train', 'launch', 'main', 'plot_log']
 
 # %% ../nbs/train.ipynb #4e3d6953
-def cpu_model() -> str:
-    "The CPU's model name, e.g. 'Intel(R) Xeon(R) Processor' (Linux; elsewhere what `platform` knows)."
-    try: return next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
-    except (OSError, StopIteration): return platform.processor() or platform.machine()
-
-def cpu_name() -> str:
-    "The CPU's model name and the threads torch uses, e.g. 'Intel(R) Xeon(R) Processor, 2 threads'."
-    return f"{cpu_model()}, {torch.get_num_threads()} threads"
-
-def provenance() -> dict:
-    "Where a result came from: git commit, package versions, device."
-    def git(*a):
-        try: out = subprocess.run(['git', *a], cwd=project_root(), capture_output=True, text=True, timeout=10)
-        except OSError: return ''  # no git here
-        return out.stdout.strip()
-
-    def version(m, dist):  # the module's own version (torch's names its build, '+cu130'),
-        # else its distribution's (lpips has no __version__)
-        try: return getattr(m, '__version__', None) or importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError: return None
-
-    import accelerate, torchvision, scipy, skimage, nibabel, lpips  # recorded, not used: imported here only
-    modules = dict(sr3d=sr3d, torch=torch, torchvision=torchvision, accelerate=accelerate, numpy=np, scipy=scipy,
-                   **{'scikit-image': skimage}, nibabel=nibabel, lpips=lpips)
-    versions = {m.__name__: version(m, dist) for dist, m in modules.items()}
-
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_name()
-    return dict(git_commit=git('rev-parse', 'HEAD') or None, git_dirty=bool(git('status', '--porcelain', '--', 'sr3d')),
-                versions=versions, python=platform.python_version(), device=dev,
-                cuda_devices=torch.cuda.device_count(), cpu_threads=torch.get_num_threads(), host=platform.node())
-
-def resolve_precision(mp: str,  # the mixed_precision parameter: 'auto', 'bf16', 'fp16' or 'no'
-                     ) -> str:
-    "The precision a run computes in here: 'auto' is 'bf16' where the hardware computes it natively, else 'no'."
-    cuda = torch.cuda.is_available()
-    if mp == 'auto':
-        if cuda: return 'bf16' if torch.cuda.is_bf16_supported() else 'no'
-        return 'bf16' if torch.cpu._is_amx_tile_supported() else 'no'  # AMX tiles; private: torch has no public query
-    if mp == 'fp16' and not cuda:  # Accelerate would train in float32 and the run would record fp16
-        raise ConfigError("mixed_precision: 'fp16' cannot run on a CPU (Accelerate computes in float32 there); "
-                          "use 'bf16', 'no' or 'auto'")
-    if mp == 'bf16' and cuda and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"mixed_precision: 'bf16' cannot run on {torch.cuda.get_device_name()}; "
-                          "use 'fp16', 'no' or 'auto'")
-    return mp
-
 def open_run(c: TrainConfig,  # a checked configuration
              resume: bool = True,  # continue an existing run of the same configuration
             ) -> Path:
@@ -373,9 +327,7 @@ def launch(c: TrainConfig,  # a checked configuration
         except BlockingIOError: raise ConfigError(f"run_dir: {run_dir} is being trained by another process") from None
         if c.num_processes == 1: return train(c)
         config = run_dir/'config.json'
-        cmd = srun_command(c.num_processes, config) if in_allocation() else [
-            sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={c.num_processes}',
-            '-m', 'sr3d.train', str(config)]
+        cmd = process_command(c.num_processes, config)
         print('launching:', ' '.join(cmd))
         p = subprocess.run(cmd, cwd=project_root())
         if p.returncode != 0:

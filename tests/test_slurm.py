@@ -7,7 +7,8 @@ that Slurm is not expected here (CI never sets it)."""
 import json, os, shlex, shutil, subprocess, sys, time
 from pathlib import Path
 import pandas as pd, pytest, torch, yaml
-from sr3d.study import Grid, grid_runs, run_settings
+from sr3d.grids import Grid, grid_runs
+from sr3d.study import run_settings
 from sr3d.slurm import SlurmOptions, array_script, queue, run_rows, submissions, submit_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +118,7 @@ def test_study_on_slurm(cluster, tmp_path, small_data, monkeypatch):
     # the command line's view
     spec = tmp_path/'grid.yaml'
     spec.write_text(yaml.safe_dump(dict(preset='demo', baseline=GRID.baseline, tables=GRID.tables, overrides=TINY)))
-    p = subprocess.run([sys.executable, '-c', 'from sr3d.study import study_cli; study_cli()', '--grid', str(spec),
+    p = subprocess.run([sys.executable, '-c', 'from sr3d.cli import study_cli; study_cli()', '--grid', str(spec),
                         '--out', str(out), '--status'], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith('1 finished, 1 failed') and f'| {B} | failed | {array}_1 |' in p.stdout, p.stdout

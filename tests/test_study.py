@@ -2,7 +2,8 @@
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest, yaml
-from sr3d.study import NOTEBOOK, SUMMARY, Grid, NotebookFailed, execute, failed_copy, notebook_error, run_study
+from sr3d.grids import Grid
+from sr3d.study import NOTEBOOK, SUMMARY, NotebookFailed, execute, failed_copy, notebook_error, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(nf=8, gc=4, d_nf=4, patches_per_volume=1, batch_size=4, epochs=1, mixed_precision='no')
@@ -38,7 +39,7 @@ def test_study_runs_records_failure_and_resumes(tmp_path, small_data):
 def test_killed_study_finishes_the_rest(tmp_path, small_data):
     spec = tmp_path/'grid.yaml'
     spec.write_text(yaml.safe_dump(dict(preset='demo', baseline=BASE, tables={'VGG': {'vgg_n': [0, 2]}}, overrides=TINY)))
-    cmd = [sys.executable, '-c', 'from sr3d.study import study_cli; study_cli()', '--grid', str(spec), '--out', str(tmp_path/'s'), '--data', small_data]
+    cmd = [sys.executable, '-c', 'from sr3d.cli import study_cli; study_cli()', '--grid', str(spec), '--out', str(tmp_path/'s'), '--data', small_data]
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path/'s'/'study.json'
     while p.poll() is None and not (state.exists() and 'finished' in statuses(tmp_path/'s').values()):

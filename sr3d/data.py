@@ -13,11 +13,16 @@ import matplotlib.pyplot as plt
 from .core import atomic, parse_size
 
 # %% auto #0
-__all__ = ['SCALE', 'GRID_TOL', 'PATCH_MODES', 'DataError', 'load_volume', 'grid_difference', 'save_volume', 'reorient',
+__all__ = ['SCALE', 'GRID_TOL', 'PATCH_MODES', 'scale3', 'DataError', 'load_volume', 'grid_difference', 'save_volume', 'reorient',
            'to_grid', 'pool', 'lr_affine', 'fit_to_multiple', 'normalise', 'hr_over_lr', 'show_pair', 'PatchPairs']
 
 # %% ../nbs/data.ipynb #b3734216
 SCALE = 4  # the thesis's x4 super-resolution, on every axis
+
+def scale3(s=SCALE,  # an int (every axis), 'X,Y,Z' or 'XxYxZ', or three ints
+          ) -> tuple[int, int, int]:
+    "Per-axis integer scale factors: (4, 4, 4) for the thesis's x4, (1, 1, 4) for slices 4x thicker than their pixels."
+    return parse_size(s, 'scale')
 
 class DataError(ValueError):
     "Bad input data; the message names the file or parameter at fault."
@@ -113,34 +118,39 @@ def to_grid(vol: np.ndarray,  # 3D voxels
     return out
 
 # %% ../nbs/data.ipynb #92e01e9c
-def pool(hr: np.ndarray,  # 3D volume, each side a multiple of `s`
-         s: int = SCALE,  # pooling factor
+def pool(hr: np.ndarray,  # 3D volume, each side a multiple of its axis's factor
+         s=SCALE,  # pooling factor: an int for every axis, or per axis (`scale3`)
+         dtype=np.float32,  # the result's type (the mean is accumulated in float64 either way)
         ) -> np.ndarray:
-    "Average-pool `hr` by `s` on every axis (accumulated in float64, returned as float32)."
-    if any(n % s for n in hr.shape): raise DataError(f"pool: shape {hr.shape} is not a multiple of {s} on every axis")
-    X, Y, Z = (n // s for n in hr.shape)
-    return hr.reshape(X, s, Y, s, Z, s).mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
+    "Average-pool `hr` by `s` (per axis; accumulated in float64, returned as `dtype`)."
+    sx, sy, sz = s = scale3(s)
+    if any(n % k for n, k in zip(hr.shape, s)):
+        raise DataError(f"pool: shape {hr.shape} is not a multiple of {s} on every axis")
+    X, Y, Z = (n // k for n, k in zip(hr.shape, s))
+    return hr.reshape(X, sx, Y, sy, Z, sz).mean(axis=(1, 3, 5), dtype=np.float64).astype(dtype)
 
 def lr_affine(hr_affine: np.ndarray,  # 4x4 affine of the HR volume
-              s: int = SCALE,  # pooling factor
+              s=SCALE,  # pooling factor: an int for every axis, or per axis (`scale3`)
              ) -> np.ndarray:
-    "Affine of `pool(hr, s)`: voxels `s` times larger, origin at the centre of the first `s`-block."
-    m = np.diag([s, s, s, 1.0])
+    "Affine of `pool(hr, s)`: voxels `s` times larger along each axis, origin at the centre of the first block."
+    s = np.array(scale3(s), dtype=float)
+    m = np.diag([*s, 1.0])
     m[:3, 3] = (s - 1) / 2
     return hr_affine @ m
 
 # %% ../nbs/data.ipynb #35fccbfa
 def fit_to_multiple(vol: np.ndarray,  # 3D volume
-                    s: int = SCALE,  # every side becomes a multiple of this
+                    s=SCALE,  # every side becomes a multiple of this (an int, or per axis)
                     mode: str = 'pad',  # 'pad' with zeros or 'crop', at the end of each axis
                     name: str = 'fit_to_multiple',  # what to name in an error (the volume's file)
                    ) -> np.ndarray:
-    "`vol` padded or cropped at the end of each axis to sides that are multiples of `s`."
-    if mode == 'pad': return np.pad(vol, [(0, -n % s) for n in vol.shape])
+    "`vol` padded or cropped at the end of each axis to sides that are multiples of `s` (per axis)."
+    s = scale3(s)
+    if mode == 'pad': return np.pad(vol, [(0, -n % k) for n, k in zip(vol.shape, s)])
     if mode == 'crop':
-        if any(n < s for n in vol.shape):
-            raise DataError(f"{name}: shape {vol.shape} has a side shorter than {s}, nothing is left after cropping")
-        return vol[tuple(slice(0, n - n % s) for n in vol.shape)]
+        if any(n < k for n, k in zip(vol.shape, s)):
+            raise DataError(f"{name}: shape {vol.shape} has a side shorter than its factor {s}, nothing is left after cropping")
+        return vol[tuple(slice(0, n - n % k) for n, k in zip(vol.shape, s))]
     raise DataError(f"fit_to_multiple: mode must be 'pad' or 'crop', got {mode!r}")
 
 # %% ../nbs/data.ipynb #0595ec71
@@ -184,12 +194,13 @@ PATCH_MODES = ('fixed', 'random')  # patch positions drawn once (the thesis) or 
 class PatchPairs(torch.utils.data.Dataset):
     "LR/HR patch pairs at the same position, `per_volume` from each case, `fixed` or redrawn per epoch."
     def __init__(self, cases: list,  # `Case`s to cut patches from
-                 patch=(30, 30, 20),  # LR patch size; HR patches are `SCALE` times larger
+                 patch=(30, 30, 20),  # LR patch size; HR patches are `scale` times larger along each axis
                  per_volume: int = 8,  # patch pairs per volume per epoch
                  mode: str = 'fixed',  # 'fixed' (drawn once) or 'random' (redrawn every epoch)
-                 seed: int = 0):  # draws positions
+                 seed: int = 0,  # draws positions
+                 scale=SCALE):  # the data's LR -> HR factors (an int, or per axis)
         self.cases, self.patch, self.per_volume, self.mode = cases, parse_size(patch, 'patch'), per_volume, mode
-        self.seed = seed
+        self.seed, self.scale = seed, scale3(scale)
         if mode not in PATCH_MODES: raise DataError(f"patch_mode must be one of {PATCH_MODES}, got {mode!r}")
         if per_volume < 1: raise DataError(f"patches_per_volume must be >= 1, got {per_volume}")
         self.shapes = [c.lr_shape for c in cases]
@@ -219,6 +230,6 @@ class PatchPairs(torch.utils.data.Dataset):
         v, c = i // self.per_volume, self.corner(i, epoch)
         lr, hr = self.cases[v].arrays()
         lo = tuple(slice(a, a + p) for a, p in zip(c, self.patch))
-        hi = tuple(slice(SCALE * a, SCALE * (a + p)) for a, p in zip(c, self.patch))
+        hi = tuple(slice(k * a, k * (a + p)) for a, p, k in zip(c, self.patch, self.scale))
         return (torch.from_numpy(np.array(lr[lo]))[None], torch.from_numpy(np.array(hr[hi]))[None],
                 torch.tensor(self.cases[v].label))

@@ -17,6 +17,7 @@ from .prepare import read_list
 from .infer import timed_super_resolve, super_resolve
 from .metrics import METRICS_VERSION, NAMES, lpips_model, paired_wilcoxon, same_scale, summarise, volume_metrics
 from .model import Generator
+from .consistency import consistency_rows
 
 # %% auto #0
 __all__ = ['BASELINES', 'SPLINE_ORDER', 'COLUMNS', 'DIGITS', 'eval_cli', 'keys_matrix', 'interpolate', 'evaluate_method',
@@ -188,7 +189,7 @@ def evaluate_generator(g: Generator,  # the generator to evaluate (moved to `dev
                        tile=None,  # LR tile size for the generator; None: whole volumes, as the thesis
                        progress: bool = True,  # progress bars
                       ) -> dict:
-    "Evaluate `g` (and the interpolation baselines) on `split`; write per_case.csv and metrics.json; return the latter."
+    "Evaluate `g` (and the interpolation baselines) on `split`; write per_case.csv, consistency.csv and metrics.json."
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     list_file = list_path(list_file)
     cases = read_list(list_file, split)
@@ -203,6 +204,8 @@ def evaluate_generator(g: Generator,  # the generator to evaluate (moved to `dev
                memory=PeakMemory(device).how + '; baselines: ' + PeakMemory('cpu').how,
                **summary(rows, 'sr3d'))
     write_text(out_dir/'per_case.csv', pd.DataFrame(rows)[COLUMNS].to_csv(index=False))
+    consistent = consistency_rows(g, cases, net, g.config.get('scale', SCALE))  # what the LR confirms (sr3d.consistency)
+    write_text(out_dir/'consistency.csv', pd.DataFrame(consistent).to_csv(index=False))
     write_text(out_dir/'metrics.json', json.dumps(res, indent=1))
     return res
 

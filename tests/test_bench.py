@@ -1,8 +1,12 @@
-"""sr3d_bench: the plain loop and the batched perceptual loss agree, and the quick command's output has its required form."""
+"""sr3d_bench: the plain loop and the batched perceptual loss agree, the quick command's output has its required form,
+and the GPU check runs end to end (dry, on the CPU) and writes what the committed GPU results hold."""
 import json, re, subprocess, sys
 from pathlib import Path
+import pandas as pd
 import pytest, torch
-from sr3d.bench import plain_agreement
+from sr3d.bench.perceptual import IMAGE_LAYOUTS, plain_agreement
+from sr3d.bench.gpu import CHECK_RUNS, GPU_VARIANTS
+from sr3d.bench.run import bench_cli, check_gpu
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADLINE = re.compile(r'^perceptual loss / VGG floor: \d+\.\d\dx \(n=10, (\d+|native)\); speedup vs plain: \d+\.\dx$')
@@ -33,3 +37,31 @@ def test_quick_command_prints_headline_last_and_writes_results(tmp_path):
     assert all(r['loader_over_step'] > 1 for r in res['loading'])
     md = (tmp_path/'bench.md').read_text()
     assert lines[-1] in md and 'Training step' in md and res['machine']['device'] in md
+
+def test_gpu_check_dry_run_writes_the_gpu_results(tmp_path):
+    "Every step of `sr3d_bench --gpu-check`, tiny, on the CPU: two runs trained and evaluated, layouts, GPU sections."
+    res = check_gpu(tmp_path, dry_run=True)
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ['bench.json', 'bench.md', 'paper_runs', 'perceptual_layout.json']
+    for name, epochs, vgg_n in (('paper', 2, 10), ('full', 1, 'full')):
+        run = tmp_path/'paper_runs'/name
+        assert sorted(p.name for p in run.iterdir()) == ['config.json', 'log.csv', 'metrics.json']
+        config = json.loads((run/'config.json').read_text())['config']
+        assert [config[k] for k in ('preset', 'vgg_n', 'epochs', 'weights')] == ['paper', vgg_n, epochs, 'random']
+        assert list(pd.read_csv(run/'log.csv').epoch) == list(range(1, epochs + 1))
+        metrics = json.loads((run/'metrics.json').read_text())
+        assert metrics['n_cases'] == 1 and metrics['methods']['sr3d']['psnr']['mean'] > 0
+    assert config['vgg_chunk'] == CHECK_RUNS['full']['vgg_chunk']
+    rows = json.loads((tmp_path/'perceptual_layout.json').read_text())['rows']
+    assert [r['loss'] for r in rows] == list(IMAGE_LAYOUTS) * 4 and all(r['loss_over_floor'] > 0 for r in rows)
+    saved = json.loads((tmp_path/'bench.json').read_text())
+    assert saved['mode'] == 'gpu' and saved['headline'] == res['headline']
+    assert [r['variant'] for r in saved['gpu']] == [k for k, v in GPU_VARIANTS.items() if not v.get('compile')]
+    assert saved['top_kernels'] and [r['epoch'] for r in saved['epochs']] == [1, 2]
+    assert res['headline'] in (tmp_path/'bench.md').read_text()
+
+@pytest.mark.parametrize('argv,message', [(['--quick', '--gpu-check'], 'at most one'),
+                                          (['--dry-run'], '--dry-run goes with --gpu-check'),
+                                          (['--gpu-check', '--dry-run', '--preset', 'demo'], 'sets its own preset')])
+def test_gpu_check_flags_refused(argv, message):
+    with pytest.raises(SystemExit, match=message): bench_cli(argv)

@@ -14,7 +14,8 @@ from .stats import compare, compare_cost, epoch_times, outcome, pooled_seed_var
 
 # %% auto #0
 __all__ = ['CLAIMS', 'Claim', 'Verdict', 'table_of', 'lever_values', 'arm', 'thesis_row', 'thesis_side', 'seed_spread',
-           'judge_quality', 'judge_cost', 'judge_pair', 'judge', 'aa_check', 'judge_all', 'claim_outcome']
+           'best_interpolation', 'judge_quality', 'judge_cost', 'judge_pair', 'judge', 'aa_check', 'judge_all',
+           'claim_outcome']
 
 # %% ../nbs/claims.ipynb #cl05
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Claim:
     b: dict | None = None  # arm B, the same way
     lever: str | None = None  # instead of arms: every step along this lever's values in the grid
     toward: dict | None = None  # compare each case's distance from this arm's value instead of the value
+    b_method: str | None = None  # B is an interpolation of A's own LR volumes: a `BASELINES` key, or 'best' (by mean)
     beyond: bool = False  # not a claim of the thesis (no thesis numbers beside it)
 
     @property
@@ -69,6 +71,14 @@ CLAIMS = [
           a=dict(vgg_n=1, vgg_sampling='importance'), b=dict(vgg_n=1), toward=dict(vgg_n='full'), beyond=True),
     Claim("importance-sampled slices come closer to full VGG's LPIPS than uniform ones (the baseline's n)", 'lpips',
           'lower', a=dict(vgg_sampling='importance'), b={}, toward=dict(vgg_n='full'), beyond=True),
+    # beyond the thesis: thick slices (the demo's through-plane table), each against its own data's best interpolation
+    *[Claim(f"{name}: sr3d beats the best interpolation along the same axes ({m.upper()})", m, better, a=arm,
+            b_method='best', beyond=True)
+      for name, arm in [('slices 4x thicker (1,1,4)', dict(scale='1,1,4', patch='32,32,6')),
+                        ('x2 in plane, x4 through it (2,2,4)', dict(scale='2,2,4', patch='16,16,6'))]
+      for m, better in (('psnr', 'higher'), ('lpips', 'lower'))],
+    Claim('thick slices (1,1,4) cost no more per epoch than isotropic x4 at the same HR patch', 'min_per_epoch', 'lower',
+          a=dict(scale='1,1,4', patch='32,32,6'), b={}, beyond=True),
 ]
 
 # %% ../nbs/claims.ipynb #cl06
@@ -147,23 +157,32 @@ def seed_spread(study: Study, metric: str, target: pd.Series | None = None, grou
     var, df = pooled_seed_var([_table(g, metric, cases, target).mean(1) for g in groups])
     return var, df, [f"{g[0].name} ({len(g)})" for g in groups]
 
+def best_interpolation(runs: list, metric: str = 'psnr') -> str:
+    "The interpolation (`BASELINES` key) of `runs`' own LR volumes with the best mean `metric`."
+    means = {m: runs[0].values(metric, m).mean() for m in runs[0].methods if m != 'sr3d'}
+    return (max if metric in ('psnr', 'ssim') else min)(means, key=means.get)
+
 def judge_quality(study: Study, claim: Claim, a: list, b: list,  # the arms' finished runs
                   target: list | None = None,  # a `toward` claim's target arm's runs
                   groups: list | None = None,  # the run groups whose seeds are pooled (default: every configuration's)
                  ) -> dict:
-    "The fields of a quality `Verdict` for runs `a` against runs `b`."
+    "The fields of a quality `Verdict` for runs `a` against runs `b` (or against `claim.b_method` of `a`'s volumes)."
     cases = a[0].values(claim.metric).index
     t = None if target is None else pd.Series(_table(target, claim.metric, cases).mean(0), index=cases)
     var, df, pooled = seed_spread(study, claim.metric, t, groups)
-    base = dict(value_a=float(_table(a, claim.metric, cases, t).mean()),
-                value_b=float(_table(b, claim.metric, cases, t).mean()), seeds_a=len(a), seeds_b=len(b),
-                n_cases=len(cases))
+    method = claim.b_method and (best_interpolation(a, claim.metric) if claim.b_method == 'best' else claim.b_method)
+    b_table = (np.stack([a[0].values(claim.metric, method).loc[cases].to_numpy(float)]) if method
+               else _table(b, claim.metric, cases, t))
+    base = dict(value_a=float(_table(a, claim.metric, cases, t).mean()), value_b=float(b_table.mean()),
+                seeds_a=len(a), seeds_b=0 if method else len(b), n_cases=len(cases))
     if df == 0:
         return dict(base, outcome='cannot check', note="no configuration has two seeds, so a reseed's spread is "
                     "unknown (train the baseline with several seeds: sr3d_study --seeds 3)")
-    r = compare(_table(a, claim.metric, cases, t), _table(b, claim.metric, cases, t), var, df)
-    one = [x for x, runs in (('A', a), ('B', b)) if len(runs) == 1]
-    how = (f"{len(a)} vs {len(b)} seeds; " + (f"one seed in {' and '.join(one)}: judged against " if one else '') +
+    r = compare(_table(a, claim.metric, cases, t), b_table, var, df, b_trained=not method)
+    one = [x for x, runs in (('A', a), ('B', [] if method else b)) if len(runs) == 1]
+    against = f"{len(a)} seed(s) against {method} interpolation of the same volumes" if method else (
+        f"{len(a)} vs {len(b)} seeds")
+    how = (f"{against}; " + (f"one seed in {' and '.join(one)}: judged against " if one else '') +
            f"the seed spread pooled over {', '.join(pooled)} (SD {r['seed_sd']:.3g}, {df} df) and the test cases")
     machines = {x.machine for x in a + b}
     note = f"runs from {len(machines)} machines" if len(machines) > 1 else ''
@@ -191,11 +210,12 @@ def judge_pair(study: Study, claim: Claim, a: dict, b: dict,  # the arms' settin
                step: str = '', text: str | None = None) -> Verdict:
     "One `Verdict`: arm `a` against arm `b` for `claim`."
     grid = study.grid
-    ra, rb = study.seed_runs(a), study.seed_runs(b)
+    ra, rb = study.seed_runs(a), study.seed_runs(a if claim.b_method else b)
     target = study.seed_runs(arm(grid, claim.toward)) if claim.toward is not None else None
     key = 'min_per_epoch' if claim.kind == 'cost' else claim.metric
     thesis = 'not in the thesis' if claim.beyond else f"{thesis_side(grid, a, key)} vs {thesis_side(grid, b, key)}"
-    v = Verdict(text or claim.text, claim.metric, claim.better, grid.name(a), grid.name(b), 'cannot check', step=step,
+    v = Verdict(text or claim.text, claim.metric, claim.better, grid.name(a),
+                f'{claim.b_method} interpolation' if claim.b_method else grid.name(b), 'cannot check', step=step,
                 thesis=thesis, beyond=claim.beyond)
     missing = [grid.name(s) for s, r in ((a, ra), (b, rb)) if not r] + ([grid.name(arm(grid, claim.toward))]
                                                                         if target == [] else [])
@@ -210,7 +230,10 @@ def judge(study: Study, claim: Claim) -> list[Verdict]:
     if claim.metric == 'lpips' and not (lpips and lpips['available']):
         why = lpips['reason'].split(':')[0] if lpips else 'no finished runs'
         return [Verdict(claim.text, claim.metric, claim.better, '', '', 'cannot check', note=f"no LPIPS ({why})")]
-    if claim.lever is None: return [judge_pair(study, claim, arm(grid, claim.a), arm(grid, claim.b))]
+    if claim.lever is None:
+        arms = [arm(grid, claim.a), arm(grid, claim.b or {})] + ([arm(grid, claim.toward)] if claim.toward else [])
+        if not all(grid.name(s) in grid_configs(grid) for s in arms): return []  # not a comparison this grid plans
+        return [judge_pair(study, claim, *arms[:2])]
     fixed = [{}]
     if claim.lever == 'vgg_resize':  # beyond the thesis: where the grid has the table, at each of its vgg_n
         if not (t := table_of(grid, 'vgg_resize')): return []

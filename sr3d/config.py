@@ -8,10 +8,10 @@ import ast, difflib, hashlib, json, re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from .core import list_path, parse_size
-from .data import PATCH_MODES, SCALE, DataError, PatchPairs
+from .data import PATCH_MODES, DataError, PatchPairs, scale3
 from .losses import SAMPLINGS, check_slices
 from .model import OUT_CONV, UP_INIT
-from .prepare import demo_data, read_list
+from .prepare import dataset_scale, demo_data, read_list
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'PRESETS', 'NO_NEUTRAL', 'FIELDS', 'RESULT_FIELDS', 'NEUTRAL', 'NONE_WORDS', 'EXTRA_PARAMETERS',
@@ -63,7 +63,9 @@ class TrainConfig:
     d_nf: int = param(32, "discriminator channels in its first stage (doubling per stage)", least=1)
     interp_residual: bool = param(False, "add trilinear(LR) to the generator's output (beyond the thesis)",
                                   choices=(False, True))
-    patch: str = param('30,30,20', "LR training patch as 'X,Y,Z' (the HR patch is 4x)")
+    scale: str = param('4,4,4', "LR -> HR factor per axis as 'X,Y,Z': '4,4,4' (the thesis), '1,1,4' (slices 4x "
+                       "thicker than their pixels); the data must be prepared with it", neutral='4,4,4')
+    patch: str = param('30,30,20', "LR training patch as 'X,Y,Z' (the HR patch is `scale` times larger)")
     patches_per_volume: int = param(8, "patch pairs cut from each training volume per epoch", least=1)
     patch_mode: str = param('fixed', "'fixed' (positions drawn once, the thesis) or 'random' (redrawn every epoch)",
                             choices=PATCH_MODES)
@@ -197,21 +199,26 @@ def check_vgg(c: TrainConfig):
     vgg_schedule(c)
 
 # %% ../nbs/config.ipynb #b484b1bf
-def data_path(data: str) -> Path:
-    "The list file that `data` names ('demo': the demo data, prepared on first use)."
-    if data == 'demo': return demo_data()
+def data_path(data: str,  # a list file or its folder, or 'demo'
+              scale='4,4,4',  # 'demo' only: the demo data pooled by this factor per axis
+             ) -> Path:
+    "The list file that `data` names ('demo': the demo data at `scale`, prepared on first use)."
+    if data == 'demo': return demo_data(scale)
     p = list_path(data)
     if not p.exists(): raise ConfigError(f"data: list file {p} not found (prepare one with sr3d_prepare)")
     return p
 
 def check_against_data(c: TrainConfig):
-    "The checks of `c` that need its data: patch against volumes, SSIM window, VGG planes, labels, batches."
-    lf = data_path(c.data)
+    "The checks of `c` that need its data: scale, patch against volumes, SSIM window, VGG planes, labels, batches."
+    lf = data_path(c.data, c.scale)
+    if (have := dataset_scale(lf)) != scale3(c.scale):
+        raise ConfigError(f"scale: {c.scale} but the data {lf} were prepared with {','.join(map(str, have))} "
+                          "(sr3d_prepare ... --scale)")
     try:
         train_cases, test_cases = read_list(lf, 'train'), read_list(lf, 'test')
-        PatchPairs(train_cases, c.patch, c.patches_per_volume, c.patch_mode, c.seed)
+        PatchPairs(train_cases, c.patch, c.patches_per_volume, c.patch_mode, c.seed, c.scale)
     except DataError as e: raise ConfigError(f"data/patch: {e}") from e
-    hr = [SCALE * p for p in parse_size(c.patch)]
+    hr = [k * p for k, p in zip(scale3(c.scale), parse_size(c.patch))]
     if min(hr) < 11:
         raise ConfigError(f"patch: the HR patch {tuple(hr)} is smaller than the 11-voxel SSIM window on some side")
     if c.vgg_n != 0:
@@ -256,8 +263,10 @@ def make_config(preset: str,  # 'demo' or 'paper'
         if getattr(c, k) == word: setattr(c, k, None)
     for name in FIELDS: check_value(name, getattr(c, name))
     check_vgg(c)
-    try: c.patch = ','.join(map(str, parse_size(c.patch, 'patch')))
-    except ValueError as e: raise ConfigError(f"patch: {e}") from e
+    for k in ('patch', 'scale'):  # one spelling of a size: '8,8,6'
+        try: setattr(c, k, ','.join(map(str, parse_size(getattr(c, k), k))))
+        except ValueError as e: raise ConfigError(f"{k}: {e}") from e
+    if max(scale3(c.scale)) < 2: raise ConfigError(f"scale: at least one axis must be enlarged, got {c.scale!r}")
     if c.batch_size % c.num_processes:
         raise ConfigError(f"batch_size: {c.batch_size} does not split evenly over {c.num_processes} processes")
     if check_data: check_against_data(c)

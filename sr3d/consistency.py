@@ -12,24 +12,17 @@ import matplotlib.pyplot as plt
 from scipy import stats
 from .core import recorded_path, write_text
 from .config import data_path
-from .data import SCALE, pool, scale3
+from .data import SCALE, pool, project, scale3, upsample_nearest
 from .infer import super_resolve
 from .metrics import lpips_model, prepare_pair, psnr, volume_metrics
 from .model import load_generator
 from .prepare import read_list
 
 # %% auto #0
-__all__ = ['BRAIN', 'upsample_nearest', 'error_split', 'consistency', 'project', 'show_split', 'consistency_rows',
-           'write_consistency', 'seed_spread', 'spread_agreement', 'show_ensemble']
+__all__ = ['BRAIN', 'error_split', 'consistency', 'show_split', 'consistency_rows', 'write_consistency', 'seed_spread',
+           'spread_agreement', 'show_ensemble']
 
 # %% ../nbs/consistency.ipynb #cs04
-def upsample_nearest(v: np.ndarray,  # a volume on the LR grid
-                     s=SCALE,  # the factors (an int, or per axis)
-                    ) -> np.ndarray:
-    "`U`: every LR voxel copied onto its block of the HR grid."
-    sx, sy, sz = scale3(s)
-    return v.repeat(sx, 0).repeat(sy, 1).repeat(sz, 2)
-
 def error_split(sr: np.ndarray, hr: np.ndarray,  # volumes on the HR grid, the same units
                 s=SCALE,  # the degradation's factors
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -50,13 +43,6 @@ def consistency(sr: np.ndarray,  # SR volume, normalised units (as evaluated: cl
     total = float((block ** 2).sum() + (null ** 2).sum())
     return dict(dc_psnr=psnr(pool(sr_, s, np.float64), lr_), block_share=float((block ** 2).sum()) / total,
                 null_share=float((null ** 2).sum()) / total)
-
-def project(sr: np.ndarray,  # SR volume on the HR grid
-            lr: np.ndarray,  # its LR volume, the same units
-            s=SCALE,  # the degradation's factors
-           ) -> np.ndarray:
-    "`SR + U(LR − H(SR))`: SR with each block's mean set to its LR voxel; exact only when LR is HR average-pooled."
-    return (np.asarray(sr, np.float32) + upsample_nearest(np.asarray(lr, np.float32) - pool(sr, s), s)).astype(np.float32)
 
 # %% ../nbs/consistency.ipynb #cs10
 def show_split(sr: np.ndarray, hr: np.ndarray,  # volumes on the HR grid, normalised units

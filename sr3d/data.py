@@ -13,8 +13,9 @@ import matplotlib.pyplot as plt
 from .core import atomic, parse_size
 
 # %% auto #0
-__all__ = ['SCALE', 'GRID_TOL', 'PATCH_MODES', 'scale3', 'DataError', 'load_volume', 'grid_difference', 'save_volume', 'reorient',
-           'to_grid', 'pool', 'lr_affine', 'fit_to_multiple', 'normalise', 'hr_over_lr', 'show_pair', 'PatchPairs']
+__all__ = ['SCALE', 'GRID_TOL', 'PATCH_MODES', 'scale3', 'DataError', 'check_intensities', 'load_volume', 'grid_difference',
+           'save_volume', 'reorient', 'to_grid', 'pool', 'lr_affine', 'upsample_nearest', 'project', 'fit_to_multiple',
+           'normalise', 'hr_over_lr', 'show_pair', 'PatchPairs']
 
 # %% ../nbs/data.ipynb #b3734216
 SCALE = 4  # the thesis's x4 super-resolution, on every axis
@@ -26,6 +27,18 @@ def scale3(s=SCALE,  # an int (every axis), 'X,Y,Z' or 'XxYxZ', or three ints
 
 class DataError(ValueError):
     "Bad input data; the message names the file or parameter at fault."
+
+# %% ../nbs/data.ipynb #dt-neg-code
+def check_intensities(v: np.ndarray,  # a volume as read
+                      name: str = 'volume',  # its file, for the error
+                     ):
+    "Raise `DataError` naming `name` when `v` has voxels below zero (see above)."
+    if (lo := float(np.min(v))) < 0:
+        raise DataError(f"{name}: {int((np.asarray(v) < 0).sum())} voxels below 0 (min {lo:g}); sr3d normalises by "
+                        "max(HR) and measures clip(SR, 0, 1) (thesis eq. 3.3, §4.1.4), which would cut them. CT in "
+                        "Hounsfield units needs an intensity window, which sr3d does not apply: map the volumes to a "
+                        "non-negative range first (e.g. clip to [-1024, 3000] and add 1024) and keep that rule with "
+                        "the results")
 
 # %% ../nbs/data.ipynb #b805e9d1
 def load_volume(path,  # a NIfTI file (.nii or .nii.gz)
@@ -137,6 +150,21 @@ def lr_affine(hr_affine: np.ndarray,  # 4x4 affine of the HR volume
     m = np.diag([*s, 1.0])
     m[:3, 3] = (s - 1) / 2
     return hr_affine @ m
+
+# %% ../nbs/data.ipynb #dt-up-code
+def upsample_nearest(v: np.ndarray,  # a volume on the LR grid
+                     s=SCALE,  # the factors (an int, or per axis)
+                    ) -> np.ndarray:
+    "`U`: every LR voxel copied onto its block of the HR grid."
+    sx, sy, sz = scale3(s)
+    return v.repeat(sx, 0).repeat(sy, 1).repeat(sz, 2)
+
+def project(sr: np.ndarray,  # SR volume on the HR grid
+            lr: np.ndarray,  # its LR volume, the same units
+            s=SCALE,  # the degradation's factors
+           ) -> np.ndarray:
+    "`SR + U(LR − H(SR))`: SR with each block's mean set to its LR voxel; exact only when LR is HR average-pooled."
+    return (np.asarray(sr, np.float32) + upsample_nearest(np.asarray(lr, np.float32) - pool(sr, s), s)).astype(np.float32)
 
 # %% ../nbs/data.ipynb #35fccbfa
 def fit_to_multiple(vol: np.ndarray,  # 3D volume

@@ -12,8 +12,8 @@ import torch
 from scipy import ndimage
 from tqdm import tqdm  # text progress: no widget in papermill or a terminal
 from .core import PeakMemory, case_files, checked_all, list_path, pair_cases, portable, script, write_text
-from .data import SCALE, DataError, load_volume, to_grid
-from .prepare import read_list
+from .data import SCALE, DataError, load_volume, scale3, to_grid
+from .prepare import dataset_scale, read_list
 from .infer import timed_super_resolve, super_resolve
 from .metrics import METRICS_VERSION, NAMES, lpips_model, paired_wilcoxon, same_scale, summarise, volume_metrics
 from .model import Generator
@@ -48,15 +48,16 @@ def keys_matrix(n: int,  # LR voxels along the axis
 
 def interpolate(lr: np.ndarray,  # normalised 3D LR volume
                 method: str = 'keys',  # one of `BASELINES`
-                s: int = SCALE,  # zoom factor
+                s=SCALE,  # zoom factor: the same on every axis, or per axis
                ) -> np.ndarray:
-    "`lr` zoomed `s` times by `method`, each LR voxel at the centre of its `s`-block."
+    "`lr` zoomed by `s` (per axis) by `method`, each LR voxel at the centre of its block; an axis with factor 1 kept."
     if method not in BASELINES: raise ValueError(f"method must be one of {list(BASELINES)}, got {method!r}")
-    lr = np.asarray(lr, np.float32)
+    lr, s = np.asarray(lr, np.float32), scale3(s)
     if method in SPLINE_ORDER: return ndimage.zoom(lr, s, order=SPLINE_ORDER[method], grid_mode=True, mode='nearest')
     out = lr.astype(np.float64)
     for ax in range(3):
-        out = np.moveaxis(np.tensordot(keys_matrix(out.shape[ax], s), np.moveaxis(out, ax, 0), axes=1), 0, ax)
+        if s[ax] == 1: continue
+        out = np.moveaxis(np.tensordot(keys_matrix(out.shape[ax], s[ax]), np.moveaxis(out, ax, 0), axes=1), 0, ax)
     return out.astype(np.float32)
 
 # %% ../nbs/evaluate.ipynb #cf034a40
@@ -77,12 +78,14 @@ def evaluate_method(name: str,  # the method's name in the table
         rows.append(dict(case_id=c.case_id, method=name, **quality, seconds=seconds, peak_memory_mb=mb))
     return rows
 
-def interpolation_run(method: str):
+def interpolation_run(method: str,
+                      s=SCALE,  # the data's LR -> HR factors
+                     ):
     "A `run` for `evaluate_method`: interpolation by `method`, timed, its memory measured on the CPU."
     def run(lr):
         with PeakMemory('cpu') as pm:
             t0 = time.perf_counter()
-            sr = interpolate(lr, method)
+            sr = interpolate(lr, method, s)
             dt = time.perf_counter() - t0
         return sr, dt, pm.mb
     return run
@@ -125,7 +128,7 @@ def baseline_rows(list_file,  # the prepared data set's list.csv
     todo = [c for c in cases if any((c.case_id, m) not in have for m in BASELINES)]
     if todo:
         for m in BASELINES:
-            new = evaluate_method(m, interpolation_run(m), todo, lpips_net, progress)
+            new = evaluate_method(m, interpolation_run(m, dataset_scale(list_file)), todo, lpips_net, progress)
             rows += [r for r in new if (r['case_id'], m) not in have]
         try: write_text(path, json.dumps(dict(key=key, rows=rows), indent=1))
         except OSError as e: print(f'baselines not cached ({path}: {e})', file=sys.stderr)
@@ -204,7 +207,7 @@ def evaluate_generator(g: Generator,  # the generator to evaluate (moved to `dev
                memory=PeakMemory(device).how + '; baselines: ' + PeakMemory('cpu').how,
                **summary(rows, 'sr3d'))
     write_text(out_dir/'per_case.csv', pd.DataFrame(rows)[COLUMNS].to_csv(index=False))
-    consistent = consistency_rows(g, cases, net, g.config.get('scale', SCALE))  # what the LR confirms (sr3d.consistency)
+    consistent = consistency_rows(g, cases, net, g.config['scale'])  # what the LR confirms (sr3d.consistency)
     write_text(out_dir/'consistency.csv', pd.DataFrame(consistent).to_csv(index=False))
     write_text(out_dir/'metrics.json', json.dumps(res, indent=1))
     return res

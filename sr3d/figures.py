@@ -9,11 +9,11 @@ import numpy as np
 import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
 from .core import PLANES, atomic
-from .data import SCALE
+from .data import scale3
 
 # %% auto #0
-__all__ = ['VIEWS', 'view_axis', 'display_range', 'slice_of', 'for_display', 'save_figure', 'figure_41', 'pick_slices',
-           'figure_42']
+__all__ = ['VIEWS', 'view_axis', 'display_range', 'slice_of', 'lr_factors', 'for_display', 'save_figure', 'figure_41',
+           'pick_slices', 'figure_42']
 
 # %% ../nbs/figures.ipynb #8677522f
 VIEWS = {'axial': 'xy', 'coronal': 'xz', 'sagittal': 'yz'}  # the radiological name of each plane (`sr3d.core.PLANES`)
@@ -30,11 +30,18 @@ def display_range(hr: np.ndarray) -> tuple[float, float]:
 def slice_of(v: np.ndarray,  # a 3D volume, HR or LR
              plane: str,  # 'axial', 'coronal' or 'sagittal'
              index: int,  # HR slice index
-             s: int = 1,  # `SCALE` for an LR volume: shown on the HR grid
+             s=1,  # the LR -> HR factors for an LR volume (an int or per axis): shown on the HR grid
             ) -> np.ndarray:
-    "HR slice `index` of `plane`; for an LR volume, the LR slice holding it, each voxel repeated `s` x `s`."
-    sl = np.take(v, index // s, axis=view_axis(plane))
-    return sl.repeat(s, 0).repeat(s, 1)
+    "HR slice `index` of `plane`; for an LR volume, the LR slice holding it, each voxel repeated by its factors."
+    s, axis = scale3(s), view_axis(plane)
+    a, b = (k for k in range(3) if k != axis)  # the slice's own axes
+    return np.take(v, index // s[axis], axis=axis).repeat(s[a], 0).repeat(s[b], 1)
+
+def lr_factors(lr: np.ndarray, hr: np.ndarray, name: str = 'case') -> tuple[int, int, int]:
+    "The LR -> HR factors per axis that the two shapes imply; an error when HR is not a whole multiple of LR."
+    if lr.ndim != 3 or hr.ndim != 3 or any(h % l for l, h in zip(lr.shape, hr.shape)):
+        raise ValueError(f"{name}: HR shape {hr.shape} is not a whole multiple of LR shape {lr.shape} on every axis")
+    return tuple(h // l for l, h in zip(lr.shape, hr.shape))
 
 def for_display(sl: np.ndarray) -> np.ndarray:
     "A slice turned so that its first axis runs left to right and its second bottom to top."
@@ -67,7 +74,7 @@ def _show(ax, img, vmin, vmax, label=None):
 def _axis_letter(view: str) -> str: return 'xyz'[view_axis(view)]
 
 def figure_41(lr: np.ndarray,  # normalised LR volume
-              hr: np.ndarray,  # normalised HR volume (`SCALE` times larger)
+              hr: np.ndarray,  # normalised HR volume (larger by the data's factor along each axis)
               methods: dict,  # name -> SR volume, one row each
               z: int | None = None,  # HR index of the axial slice (default: middle)
               x: int | None = None,  # HR index of the sagittal slice (default: middle)
@@ -77,8 +84,7 @@ def figure_41(lr: np.ndarray,  # normalised LR volume
               path=None,  # save a PNG here
              ):
     "The thesis's Figure 4.1 for one case: rows LR, HR and `methods`; axial and sagittal slices with zooms."
-    if tuple(SCALE * n for n in lr.shape) != hr.shape:
-        raise ValueError(f"LR shape {lr.shape} x {SCALE} != HR shape {hr.shape}")
+    s = lr_factors(lr, hr)
     for k, v in methods.items():
         if v.shape != hr.shape: raise ValueError(f"method {k!r}: SR shape {v.shape} != HR shape {hr.shape}")
     z = hr.shape[2] // 2 if z is None else z
@@ -86,7 +92,7 @@ def figure_41(lr: np.ndarray,  # normalised LR volume
     if not (0 <= z < hr.shape[2] and 0 <= x < hr.shape[0]):
         raise ValueError(f"z={z} or x={x} outside HR shape {hr.shape}")
     vmin, vmax = display_range(hr)
-    rows = [('LR', lr, SCALE), ('HR', hr, 1)] + [(k, v, 1) for k, v in methods.items()]
+    rows = [('LR', lr, s), ('HR', hr, 1)] + [(k, v, 1) for k, v in methods.items()]
     cols = [('axial', z, _box(hr.shape[:2], box_axial)), ('sagittal', x, _box(hr.shape[1:], box_sagittal))]
     fig, axs = plt.subplots(len(rows), 4, figsize=(9.6, 2.3 * len(rows)), squeeze=False)
     for r, (name, v, s) in enumerate(rows):
@@ -117,7 +123,7 @@ def pick_slices(cases: list,  # `sr3d.prepare.Case`s to draw from
     for _ in range(k):
         c = cases[rng.integers(len(cases))]
         plane = list(VIEWS)[rng.integers(3)]
-        n = SCALE * c.lr_shape[view_axis(plane)]
+        n = c.arrays()[1].shape[view_axis(plane)]  # HR slices of the plane
         lo = int(np.ceil(margin * n))
         out.append((c, plane, int(rng.integers(lo, n - lo))))
     return out
@@ -142,7 +148,7 @@ def figure_42(cases: list,  # test `Case`s to draw from
                 raise ValueError(f"case {c.case_id}: SR shape {vols[c.case_id][2].shape} != HR shape {hr.shape}")
         lr, hr, s = vols[c.case_id]
         vmin, vmax = display_range(hr)
-        for col, (name, v, f) in enumerate([('LR', lr, SCALE), ('SR', s, 1), ('HR', hr, 1)]):
+        for col, (name, v, f) in enumerate([('LR', lr, lr_factors(lr, hr, c.case_id)), ('SR', s, 1), ('HR', hr, 1)]):
             label = f"{c.case_id} {plane} {_axis_letter(plane)}={i}"
             _show(axs[r, col], for_display(slice_of(v, plane, i, f)), vmin, vmax, label)
             if r == 0: axs[r, col].set_title(name, fontsize=10)

@@ -48,7 +48,9 @@ GRIDS = {
         'Training practice (beyond the thesis)': [{}, {'ema': 'off'}, {'up_init': 'plain'}, {'lambda_adv': 0}],
         'Slice sampling (beyond the thesis)': [{}, {'vgg_sampling': 'importance'}, {'vgg_n': 1},
                                                {'vgg_n': 1, 'vgg_sampling': 'importance'},
-                                               {'vgg_n': 1, 'vgg_n_schedule': 'linear:1:9'}]},
+                                               {'vgg_n': 1, 'vgg_n_schedule': 'linear:1:9'}],
+        'Through-plane (beyond the thesis)': [{}, {'scale': '2,2,4', 'patch': '16,16,6'},
+                                              {'scale': '1,1,4', 'patch': '32,32,6'}]},
         scaling=("the thesis's sizes scaled by about 0.3 to the demo volumes: patches 30x30x20/20x20x15/15x15x10 -> "
                  "8x8x6/6x6x4/4x4x3; VGG slices per plane 10/20/30 -> 3/6/9; RRDBs 5/10/15 -> 1/2/3; "
                  "resize 224 -> 60"),

@@ -9,22 +9,23 @@ from itertools import product
 from pathlib import Path
 import numpy as np
 import torch
-from tqdm import tqdm  # text progress: no widget in papermill or a terminal
 from .core import NIFTI, PeakMemory, case_files, checked_all, parse_size, script
-from .data import SCALE, DataError, load_volume, save_volume
+from .data import SCALE, DataError, check_intensities, load_volume, save_volume, scale3
+from .data import project as project_to_lr
 from .model import Generator, count_params, load_generator
 from .metrics import psnr
 
 # %% auto #0
-__all__ = ['infer_cli', 'check_lr', 'tile_starts', 'ramp', 'super_resolve', 'timed_super_resolve', 'inference_costs', 'sr_affine',
-           'input_scale', 'read_lr', 'infer_file', 'sr3d_infer']
+__all__ = ['VOXEL_TOLERANCE', 'infer_cli', 'check_lr', 'tile_starts', 'ramp', 'super_resolve', 'timed_super_resolve',
+           'inference_costs', 'sr_affine', 'check_voxels', 'input_scale', 'read_lr', 'infer_file', 'sr3d_infer']
 
 # %% ../nbs/infer.ipynb #9f68b372
 def check_lr(lr, name: str = 'input') -> np.ndarray:
-    "`lr` as a C-contiguous float32 3D array, checked: 3D and finite."
+    "`lr` as a C-contiguous float32 3D array, checked: 3D, finite and not negative (see `sr3d.data.check_intensities`)."
     a = np.asarray(lr)
     if a.ndim != 3: raise DataError(f"{name}: expected a 3D volume, got {a.ndim}D shape {a.shape}")
     if not np.isfinite(a).all(): raise DataError(f"{name}: {int((~np.isfinite(a)).sum())} voxels are NaN or Inf")
+    check_intensities(a, name)
     return np.ascontiguousarray(a, dtype=np.float32)
 
 def tile_starts(n: int,  # LR voxels along the axis
@@ -54,8 +55,8 @@ def super_resolve(g: Generator,  # the generator, on the device to run on
                   tile=None,  # LR tile size (int or three ints); None runs the whole volume at once
                   overlap: int = 8,  # LR voxels shared by neighbouring tiles (at least)
                  ) -> np.ndarray:
-    "The super-resolved volume of `lr` (float32, `scale` times larger on every axis)."
-    lr, s = check_lr(lr), g.config['scale']
+    "The super-resolved volume of `lr` (float32, larger by the generator's `scale` along each axis)."
+    lr, s = check_lr(lr), scale3(g.config['scale'])
     dev, was_training = next(g.parameters()).device, g.training
     def run(a): return g(torch.from_numpy(a)[None, None].to(dev))[0, 0].float().cpu().numpy()
     try:
@@ -70,16 +71,17 @@ def _tiled(run, lr, s, t, overlap):
     if overlap < 0 or any(2 * overlap >= a for a, n in zip(t, lr.shape) if a < n):
         raise DataError(f"overlap must be >= 0 and less than half the tile {t}, got {overlap}")
     starts = [tile_starts(n, a, overlap) for n, a in zip(lr.shape, t)]
-    weights = [[ramp(s * a, s * overlap, i > 0, i < len(st) - 1) for i in range(len(st))] for a, st in zip(t, starts)]
-    total = [np.zeros(s * n) for n in lr.shape]
+    weights = [[ramp(k * a, k * overlap, i > 0, i < len(st) - 1) for i in range(len(st))]
+               for a, st, k in zip(t, starts, s)]
+    total = [np.zeros(k * n) for n, k in zip(lr.shape, s)]
     for ax in range(3):
-        for b, w in zip(starts[ax], weights[ax]): total[ax][s * b:s * (b + t[ax])] += w
-    out = np.zeros([s * n for n in lr.shape], np.float32)
+        for b, w in zip(starts[ax], weights[ax]): total[ax][s[ax] * b:s[ax] * (b + t[ax])] += w
+    out = np.zeros([k * n for n, k in zip(lr.shape, s)], np.float32)
     for idx in product(*[range(len(st)) for st in starts]):
         c = [starts[ax][i] for ax, i in enumerate(idx)]
         y = run(lr[tuple(slice(b, b + a) for b, a in zip(c, t))])
         w = np.einsum('i,j,k->ijk', *[weights[ax][i] for ax, i in enumerate(idx)])
-        out[tuple(slice(s * b, s * (b + a)) for b, a in zip(c, t))] += (w * y).astype(np.float32)
+        out[tuple(slice(k * b, k * (b + a)) for b, a, k in zip(c, t, s))] += (w * y).astype(np.float32)
     return out / np.einsum('i,j,k->ijk', *total).astype(np.float32)
 
 # %% ../nbs/infer.ipynb #f1413251
@@ -119,12 +121,33 @@ def inference_costs(device='cpu',  # where to run
 
 # %% ../nbs/infer.ipynb #fd5ae840
 def sr_affine(lr_aff: np.ndarray,  # 4x4 affine of the LR volume
-              s: int = SCALE,  # the generator's scale
+              s=SCALE,  # the generator's scale (an int, or per axis)
              ) -> np.ndarray:
-    "Affine of the SR volume: voxel size / `s`, voxel centres tiling the LR voxels (inverse of `lr_affine`)."
-    m = np.diag([1 / s, 1 / s, 1 / s, 1.0])
+    "Affine of the SR volume: voxel size / `s` per axis, voxel centres tiling the LR voxels (inverse of `lr_affine`)."
+    s = np.array(scale3(s), dtype=float)
+    m = np.diag([*(1 / s), 1.0])
     m[:3, 3] = -(s - 1) / (2 * s)
     return lr_aff @ m
+
+VOXEL_TOLERANCE = 0.2  # how far (relative) an input's voxel shape may stray from the generator's training voxels
+
+def check_voxels(g: Generator,  # from `load_generator`
+                 affine: np.ndarray,  # the input's 4x4 affine
+                 name: str = 'input',  # the input file, for the error
+                 tolerance: float = VOXEL_TOLERANCE,  # allowed relative difference of the voxels' shape
+                ):
+    "Refuse an input whose voxels are not shaped like the LR voxels `g` was trained on (their size ratios per axis)."
+    s, rec = scale3(g.config['scale']), getattr(g, 'geometry', None)
+    want = np.array(rec['lr_voxel'] if rec else s, float)  # before 0.3 no voxel size was recorded: HR was isotropic
+    have = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
+    shape_in, shape_g = have / have.min(), want / want.min()
+    if np.abs(shape_in / shape_g - 1).max() > tolerance:
+        trained = (f"LR voxels of {'x'.join(f'{v:g}' for v in want)} mm" if rec else
+                   f"LR voxels shaped {'x'.join(f'{v:g}' for v in shape_g)} (isotropic HR pooled by its factors)")
+        raise DataError(f"{name}: voxels of {'x'.join(f'{v:.3g}' for v in have)} mm, but the generator (factors "
+                        f"{'x'.join(map(str, s))}) was trained on {trained}: their shapes differ by more than "
+                        f"{tolerance:.0%}, so its output would not be what it learned; resample the input, use a "
+                        "generator trained for these voxels, or pass --allow-voxel-mismatch")
 
 # %% ../nbs/infer.ipynb #46581d86
 def input_scale(g: Generator,  # a generator from `load_generator` (its `intensity` record says how it was trained)
@@ -140,9 +163,12 @@ def input_scale(g: Generator,  # a generator from `load_generator` (its `intensi
 
 def read_lr(g: Generator,  # the generator the volume is for, from `load_generator`
             src,  # LR NIfTI file
+            voxel_check: bool = True,  # refuse voxels shaped unlike the generator's training LR (`check_voxels`)
            ) -> tuple[np.ndarray, np.ndarray, float]:
     "The LR volume of `src`, its affine and its `input_scale`, checked: an error naming `src` when it cannot be used."
     lr, A = load_volume(src)
+    check_intensities(lr, str(src))
+    if voxel_check: check_voxels(g, A, str(src))
     return lr, A, input_scale(g, lr, str(src))
 
 def infer_file(g: Generator,  # the generator, on the device to run on, from `load_generator`
@@ -151,12 +177,15 @@ def infer_file(g: Generator,  # the generator, on the device to run on, from `lo
                tile=None,  # LR tile size; None runs the whole volume
                overlap: int = 8,  # LR voxels shared by neighbouring tiles
                normalised: bool = False,  # write the network's normalised output instead of the input's units
+               project: bool = False,  # make each block's mean equal its LR voxel (`sr3d.consistency.project`)
+               voxel_check: bool = True,  # refuse voxels shaped unlike the generator's training LR
               ) -> Path:
     "Super-resolve the NIfTI volume `src` into `dst`, in `src`'s units and with the SR geometry; return `dst`."
     src, dst = Path(src), Path(dst)
     if not dst.name.lower().endswith(NIFTI): raise DataError(f"{dst}: output must end in .nii or .nii.gz")
-    lr, A, m = read_lr(g, src)
+    lr, A, m = read_lr(g, src, voxel_check)
     sr = super_resolve(g, lr / m, tile, overlap)
+    if project: sr = project_to_lr(sr, lr / m, g.config['scale'])
     save_volume(sr if normalised else sr * m, sr_affine(A, g.config['scale']), dst)
     return dst
 
@@ -167,9 +196,11 @@ def sr3d_infer(checkpoint: str,  # a generator file or a training checkpoint
                tile: str | None = None,  # LR tile size ('32' or '32,32,20'); default: the whole volume at once
                overlap: int = 8,  # LR voxels shared by neighbouring tiles (at least)
                normalised: bool = False,  # write the network's normalised output (default: the input's intensity units)
+               project: bool = False,  # set each SR block's mean to its LR voxel; exact only for average-pooled LR (off)
+               allow_voxel_mismatch: bool = False,  # go on when the input's voxels are shaped unlike the training LR's
                device: str | None = None,  # 'cpu', 'cuda', ...; default: cuda when available
               ) -> str:
-    "x4 super-resolution of 3D NIfTI volumes with an sr3d generator."
+    "Super-resolution of 3D NIfTI volumes with an sr3d generator (x4, or its factors per axis)."
     src, dst = Path(input), Path(output)
     if not src.exists(): raise DataError(f"{src}: input not found")
     if src.is_dir():
@@ -180,9 +211,10 @@ def sr3d_infer(checkpoint: str,  # a generator file or a training checkpoint
         raise DataError(f"{dst}: the input is a file, so the output must be a file name ending in .nii or .nii.gz")
     else: pairs = [(src, dst)]
     g = load_generator(checkpoint).to(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    if src.is_dir(): checked_all(lambda f: read_lr(g, f)[2], [f for f, _ in pairs], 'input(s)')  # before any is written
+    check = not allow_voxel_mismatch
+    if src.is_dir(): checked_all(lambda f: read_lr(g, f, check)[2], [f for f, _ in pairs], 'input(s)')  # before any is written
     (dst if src.is_dir() else dst.parent).mkdir(parents=True, exist_ok=True)
-    for f, o in tqdm(pairs, desc='sr3d_infer', disable=len(pairs) == 1): infer_file(g, f, o, tile, overlap, normalised)
+    for f, o in pairs: infer_file(g, f, o, tile, overlap, normalised, project, check)
     return f'wrote {len(pairs)} volume(s) to {dst}'
 
 infer_cli = script(sr3d_infer)

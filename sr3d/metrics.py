@@ -11,6 +11,7 @@ import torch
 from scipy import ndimage, stats
 from skimage.metrics import structural_similarity
 from .core import PLANES, portable
+from .data import check_intensities
 from .weights import WeightsError, find_weights, load_features
 
 # %% auto #0
@@ -36,6 +37,7 @@ def prepare_pair(sr: np.ndarray,  # super-resolved volume, normalised units
     if sr.ndim != 3: raise ValueError(f"{name}: expected 3D volumes, got shape {sr.shape}")
     if not (np.isfinite(sr).all() and np.isfinite(hr).all()):
         raise ValueError(f"{name}: SR or HR has NaN or Inf voxels")
+    check_intensities(hr, f'{name} (HR)')
     m = hr.max()
     if not m > 0: raise ValueError(f"{name}: HR maximum is {m}; HR' = HR / max(HR) is undefined")
     return np.clip(sr, 0, 1), hr / m

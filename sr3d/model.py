@@ -6,6 +6,7 @@
 from __future__ import annotations
 from itertools import product
 from pathlib import Path
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -13,25 +14,28 @@ from .core import atomic
 
 # %% auto #0
 __all__ = ['OUT_CONV', 'UP_INIT', 'voxel_shuffle', 'voxel_unshuffle', 'conv3', 'esrgan_init', 'DenseBlock', 'RRDB',
-           'single_channel_conv', 'icnr_', 'Generator', 'count_params', 'generator_params', 'intensity_record',
-           'generator_record', 'save_generator', 'load_generator', 'Discriminator']
+           'single_channel_conv', 'icnr_', 'up_stages', 'Generator', 'count_params', 'generator_params',
+           'intensity_record', 'geometry_record', 'generator_record', 'save_generator', 'load_generator',
+           'Discriminator']
 
 # %% ../nbs/model.ipynb #448a96d7
-def voxel_shuffle(x: torch.Tensor,  # (B, C·r³, D, H, W)
-                  r: int = 2,  # upscaling factor per axis
-                 ) -> torch.Tensor:
-    "Rearrange `(B, C·r³, D, H, W)` into `(B, C, D·r, H·r, W·r)`, as `pixel_shuffle` does in 2D."
-    B, C, D, H, W = x.shape
-    x = x.view(B, C // r**3, r, r, r, D, H, W).permute(0, 1, 5, 2, 6, 3, 7, 4)
-    return x.reshape(B, C // r**3, D * r, H * r, W * r)
+def _r3(r) -> tuple[int, int, int]: return (r,) * 3 if isinstance(r, int) else tuple(r)
 
-def voxel_unshuffle(x: torch.Tensor,  # (B, C, D·r, H·r, W·r)
-                    r: int = 2,  # downscaling factor per axis
+def voxel_shuffle(x: torch.Tensor,  # (B, C·rx·ry·rz, D, H, W)
+                  r=2,  # upscaling factor: the same on every axis, or (rx, ry, rz)
+                 ) -> torch.Tensor:
+    "Rearrange `(B, C·rx·ry·rz, D, H, W)` into `(B, C, D·rx, H·ry, W·rz)`, as `pixel_shuffle` does in 2D."
+    (rx, ry, rz), (B, C, D, H, W) = _r3(r), x.shape
+    x = x.view(B, C // (rx * ry * rz), rx, ry, rz, D, H, W).permute(0, 1, 5, 2, 6, 3, 7, 4)
+    return x.reshape(B, C // (rx * ry * rz), D * rx, H * ry, W * rz)
+
+def voxel_unshuffle(x: torch.Tensor,  # (B, C, D·rx, H·ry, W·rz)
+                    r=2,  # downscaling factor: the same on every axis, or (rx, ry, rz)
                    ) -> torch.Tensor:
-    "The inverse of `voxel_shuffle`: `(B, C, D·r, H·r, W·r)` into `(B, C·r³, D, H, W)`."
-    B, C, Dr, Hr, Wr = x.shape
-    x = x.view(B, C, Dr // r, r, Hr // r, r, Wr // r, r).permute(0, 1, 3, 5, 7, 2, 4, 6)
-    return x.reshape(B, C * r**3, Dr // r, Hr // r, Wr // r)
+    "The inverse of `voxel_shuffle`: `(B, C, D·rx, H·ry, W·rz)` into `(B, C·rx·ry·rz, D, H, W)`."
+    (rx, ry, rz), (B, C, Dr, Hr, Wr) = _r3(r), x.shape
+    x = x.view(B, C, Dr // rx, rx, Hr // ry, ry, Wr // rz, rz).permute(0, 1, 3, 5, 7, 2, 4, 6)
+    return x.reshape(B, C * rx * ry * rz, Dr // rx, Hr // ry, Wr // rz)
 
 # %% ../nbs/model.ipynb #da3dc134
 def conv3(cin: int, cout: int, stride: int = 1) -> nn.Conv3d:
@@ -86,46 +90,61 @@ def single_channel_conv(f: torch.Tensor,  # (B, C, D, H, W) features
 UP_INIT = ('icnr', 'plain')  # how the convolutions before each voxel shuffle start
 
 def icnr_(conv: nn.Conv3d,  # a convolution whose output `voxel_shuffle` rearranges
-          r: int = 2,  # the shuffle's factor per axis
+          r=2,  # the shuffle's factor: the same on every axis, or per axis
          ):
-    "ICNR (Aitken et al., 2017): the r³ channels shuffled into one r-block start equal: nearest-neighbour upsampling."
-    sub = nn.Conv3d(conv.in_channels, conv.out_channels // r**3, conv.kernel_size, conv.stride, conv.padding)
+    "ICNR (Aitken et al., 2017): the channels shuffled into one block start equal: nearest-neighbour upsampling."
+    k = int(np.prod(_r3(r)))
+    sub = nn.Conv3d(conv.in_channels, conv.out_channels // k, conv.kernel_size, conv.stride, conv.padding)
     with torch.no_grad():  # sub holds PyTorch's default initialisation, with the same fan-in as conv
-        conv.weight.copy_(sub.weight.repeat_interleave(r**3, 0))
-        conv.bias.copy_(sub.bias.repeat_interleave(r**3))
+        conv.weight.copy_(sub.weight.repeat_interleave(k, 0))
+        conv.bias.copy_(sub.bias.repeat_interleave(k))
+
+def up_stages(scale) -> list[tuple[int, int, int]]:
+    "The factors of each voxel-shuffle stage: each axis's factor as its prime factors, largest first, stages aligned."
+    def primes(n):
+        out, p = [], 2
+        while n > 1:
+            while n % p == 0: out.append(p); n //= p
+            p += 1
+        return sorted(out, reverse=True)
+    per_axis = [primes(n) for n in _r3(scale)]
+    return [tuple(f[i] if i < len(f) else 1 for f in per_axis) for i in range(max(map(len, per_axis)))]
 
 class Generator(nn.Module):
-    "3D RRDB-Net for x4 super-resolution of single-channel volumes."
+    "3D RRDB-Net for super-resolution of single-channel volumes, x4 on every axis or by a factor per axis."
     def __init__(self, nf: int = 64,  # feature channels
                  gc: int = 32,  # growth channels in the dense blocks
                  n_rrdb: int = 10,  # RRDBs in the trunk
-                 scale: int = 4,  # upscaling factor, a power of 2
+                 scale=4,  # upscaling factor: the same on every axis, or per axis (ints >= 1, one of them > 1)
                  interp_residual: bool = False,  # add trilinear(input) to the output (not in the thesis)
                  out_conv: str = 'conv',  # how Conv_out is computed (`OUT_CONV`); not part of the architecture
                  up_init: str = 'icnr'):  # how the upsampling convolutions start (`UP_INIT`); not the architecture
         super().__init__()
-        if scale < 2 or scale & (scale - 1): raise ValueError(f"scale must be a power of 2, got {scale}")
+        if not (all(isinstance(s, int) and s >= 1 for s in _r3(scale)) and max(_r3(scale)) > 1):
+            raise ValueError(f"scale must be ints >= 1 per axis, one of them > 1, got {scale}")
         if out_conv not in OUT_CONV: raise ValueError(f"out_conv must be one of {OUT_CONV}, got {out_conv!r}")
         if up_init not in UP_INIT: raise ValueError(f"up_init must be one of {UP_INIT}, got {up_init!r}")
+        scale = _r3(scale)[0] if len(set(_r3(scale))) == 1 else list(_r3(scale))  # recorded as 4 when isotropic
         self.config = dict(nf=nf, gc=gc, n_rrdb=n_rrdb, scale=scale, interp_residual=interp_residual)
         self.out_conv = out_conv
 
         self.conv_in = conv3(1, nf)
         self.trunk = nn.Sequential(*[RRDB(nf, gc) for _ in range(n_rrdb)])
         self.conv_trunk = conv3(nf, nf)
-        self.ups = nn.ModuleList([conv3(nf, nf * 8) for _ in range(scale.bit_length() - 1)])
+        self.stages = up_stages(scale)
+        self.ups = nn.ModuleList([conv3(nf, nf * int(np.prod(r))) for r in self.stages])
         if up_init == 'icnr':
-            for up in self.ups: icnr_(up)
+            for up, r in zip(self.ups, self.stages): icnr_(up, r)
         self.conv_out = conv3(nf, 1)
         if interp_residual: esrgan_init([self.conv_out], 0.1)  # start close to the interpolation itself
 
     def forward(self, x):
         f0 = self.conv_in(x)
         f = f0 + self.conv_trunk(self.trunk(f0))
-        for up in self.ups: f = F.leaky_relu(voxel_shuffle(up(f)), 0.2)
+        for up, r in zip(self.ups, self.stages): f = F.leaky_relu(voxel_shuffle(up(f), r), 0.2)
         out = single_channel_conv(f, self.conv_out, self.out_conv)
         if self.config['interp_residual']:
-            out = out + F.interpolate(x, scale_factor=self.config['scale'], mode='trilinear', align_corners=False)
+            out = out + F.interpolate(x, scale_factor=_r3(self.config['scale']), mode='trilinear', align_corners=False)
         return out
 
 # %% ../nbs/model.ipynb #b14c4bfd
@@ -133,11 +152,12 @@ def count_params(m: nn.Module) -> int:
     "Number of parameters of `m`."
     return sum(p.numel() for p in m.parameters())
 
-def generator_params(nf: int = 64, gc: int = 32, n_rrdb: int = 10, scale: int = 4) -> int:
+def generator_params(nf: int = 64, gc: int = 32, n_rrdb: int = 10, scale=4) -> int:
     "The generator's parameter count, derived from its architecture."
     conv = lambda a, b: 27 * a * b + b
     dense = sum(conv(nf + i * gc, gc) for i in range(4)) + conv(nf + 4 * gc, nf)
-    return conv(1, nf) + n_rrdb * 3 * dense + conv(nf, nf) + (scale.bit_length() - 1) * conv(nf, 8 * nf) + conv(nf, 1)
+    ups = sum(conv(nf, int(np.prod(r)) * nf) for r in up_stages(scale))
+    return conv(1, nf) + n_rrdb * 3 * dense + conv(nf, nf) + ups + conv(nf, 1)
 
 # %% ../nbs/model.ipynb #de0fc5d3
 def intensity_record(hr_over_lr: float,  # max(HR) / max(LR) of the training data (median over cases)
@@ -147,19 +167,25 @@ def intensity_record(hr_over_lr: float,  # max(HR) / max(LR) of the training dat
     return dict(train='LR and HR divided by max(HR) of each case (thesis eq. 3.3)',
                 infer='LR divided by hr_over_lr * max(LR)', hr_over_lr=float(hr_over_lr))
 
-def generator_record(g: Generator, intensity: dict) -> dict:
-    "The portable record of a generator: architecture, weights (on the CPU) and its `intensity_record`."
-    return {'sr3d': 'generator', 'config': dict(g.config), 'intensity': intensity,
+def geometry_record(scale,  # the generator's factors per axis
+                    lr_voxel,  # the training data's LR voxel size (mm per axis)
+                   ) -> dict:
+    "What a generator was trained to do in space: its factors and the LR voxel size of its training data."
+    return dict(scale=list(_r3(scale)), lr_voxel=[float(v) for v in lr_voxel])
+
+def generator_record(g: Generator, intensity: dict, geometry: dict | None = None) -> dict:
+    "The portable record of a generator: architecture, weights (on the CPU), `intensity_record`, `geometry_record`."
+    return {'sr3d': 'generator', 'config': dict(g.config), 'intensity': intensity, 'geometry': geometry,
             'state_dict': {k: v.detach().cpu() for k, v in g.state_dict().items()}}
 
-def save_generator(g: Generator, path, intensity: dict, **meta):
-    "Write `g` (architecture, weights, `intensity` and any `meta`) to `path` atomically."
-    with atomic(path) as tmp: torch.save({**generator_record(g, intensity), 'meta': meta}, tmp)
+def save_generator(g: Generator, path, intensity: dict, geometry: dict | None = None, **meta):
+    "Write `g` (architecture, weights, `intensity`, `geometry` and any `meta`) to `path` atomically."
+    with atomic(path) as tmp: torch.save({**generator_record(g, intensity, geometry), 'meta': meta}, tmp)
 
 def load_generator(path,  # a generator file or a training checkpoint
                    map_location='cpu',  # where to put the weights
                   ) -> Generator:
-    "The generator stored in `path`, rebuilt from its recorded architecture; `g.intensity` is its `intensity_record`."
+    "The generator stored in `path`, rebuilt from its architecture; `g.intensity`, `g.geometry` (None before 0.3): its records."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: checkpoint not found")
     try: ck = torch.load(path, map_location=map_location, weights_only=True)
@@ -174,7 +200,7 @@ def load_generator(path,  # a generator file or a training checkpoint
     try: g.load_state_dict(rec['state_dict'])
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not fit the recorded architecture {rec['config']}: {e}") from e
-    g.intensity = rec['intensity']
+    g.intensity, g.geometry = rec['intensity'], rec.get('geometry')
     return g
 
 # %% ../nbs/model.ipynb #8d8d9e9f

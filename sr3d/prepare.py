@@ -7,18 +7,19 @@ from __future__ import annotations
 import csv, fcntl, hashlib, json, sys
 from dataclasses import dataclass
 from pathlib import Path
+import nibabel as nib
 import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
-from tqdm import tqdm  # text progress: no widget in papermill or a terminal
 import sr3d
 from .core import atomic, case_files, case_id, checked_all, list_path, pair_cases, resolve, script, shared_ids
-from .data import SCALE, DataError, fit_to_multiple, load_volume, lr_affine, normalise, pool, reorient, save_volume
+from .data import (SCALE, DataError, check_intensities, fit_to_multiple, load_volume, lr_affine, normalise, pool,
+                       reorient, save_volume, scale3)
 
 # %% auto #0
 __all__ = ['FORMAT', 'LIST_COLUMNS', 'DEMO_SHAPE', 'DEMO_CENTRE', 'MSD_MODALITIES', 'SOURCES', 'Source', 'write_dataset', 'Case',
-           'read_list', 'demo_affine', 'demo_subject', 'prepare_demo', 'demo_data', 'prepare_msd', 'prepare_folder',
-           'prepare_cli']
+           'dataset_scale', 'read_list', 'lr_voxel', 'demo_affine', 'demo_subject', 'prepare_demo', 'demo_data',
+           'prepare_msd', 'prepare_folder', 'prepare_cli']
 
 # %% ../nbs/prepare.ipynb #cd2c4759
 FORMAT = 1  # bump when the prepared layout changes
@@ -61,22 +62,24 @@ def _write_cache(root: Path, row: dict, lr_n, hr_n, m: float):
     stamp = {k: _stamp(root/row[k]) for k in ('lr_path', 'hr_path')}
     (c/f"{row['case_id']}.json").write_text(json.dumps(dict(hr_max=m, **stamp)))
 
-def _write_case(root: Path, src: Source) -> dict:
-    "Check, pool and write one case into `root`; return its list row."
+def _write_case(root: Path, src: Source, s: tuple) -> dict:
+    "Check, pool by `s` (per axis) and write one case into `root`; return its list row."
     hr, A, lr = src.load()
     if hr.ndim != 3: raise DataError(f"{src.name}: expected a 3D volume, got shape {hr.shape}")
-    if any(n % SCALE for n in hr.shape):
-        raise DataError(f"{src.name}: HR shape {hr.shape} is not a multiple of {SCALE}")
+    if any(n % k for n, k in zip(hr.shape, s)):
+        raise DataError(f"{src.name}: HR shape {hr.shape} is not a multiple of the scale {s} on every axis")
+    check_intensities(hr, src.name)
     pooled = lr is None
-    if pooled: lr = pool(hr)
-    elif tuple(SCALE * n for n in lr.shape) != hr.shape:
-        raise DataError(f"{src.name}: LR shape {lr.shape} x {SCALE} != HR shape {hr.shape}")
+    if pooled: lr = pool(hr, s)
+    elif tuple(k * n for n, k in zip(lr.shape, s)) != hr.shape:
+        raise DataError(f"{src.name}: LR shape {lr.shape} x {s} != HR shape {hr.shape}")
+    else: check_intensities(lr, f'{src.name} (LR)')
     lr_n, hr_n, m = normalise(lr, hr, src.name)
-    if pooled: lr_n = pool(hr_n)  # exactly the pooled normalised HR (dividing after pooling rounds differently)
+    if pooled: lr_n = pool(hr_n, s)  # exactly the pooled normalised HR (dividing after pooling rounds differently)
     (root/src.split).mkdir(exist_ok=True)
     row = dict(lr_path=f'{src.split}/{src.case_id}_lr.nii.gz', hr_path=f'{src.split}/{src.case_id}_hr.nii.gz',
                label=int(src.label), split=src.split, case_id=src.case_id)
-    save_volume(lr, lr_affine(A), root/row['lr_path'])
+    save_volume(lr, lr_affine(A, s), root/row['lr_path'])
     save_volume(hr, A, root/row['hr_path'])
     _write_cache(root, row, lr_n, hr_n, m)
     return row
@@ -85,8 +88,11 @@ def _write_case(root: Path, src: Source) -> dict:
 def write_dataset(out,  # the prepared data set's folder; must not hold different data
                   sources: list,  # `Source`s, one per case
                   meta: dict,  # what this data set is made from; recorded, and fingerprinted to detect reuse
+                  scale=SCALE,  # LR = HR average-pooled by this factor per axis (`sr3d.data.scale3`)
                  ) -> Path:
     "Prepare `sources` into `out` atomically and return the list file."
+    s = scale3(scale)
+    if s != scale3(SCALE): meta = {**meta, 'scale': list(s)}  # the thesis's x4 left out: older data sets stay valid
     out, fp = Path(out).absolute(), _fingerprint(meta)
     if (why := shared_ids([(s.case_id, s.name) for s in sources])): raise DataError(f"{out}: {why}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -95,14 +101,13 @@ def write_dataset(out,  # the prepared data set's folder; must not hold differen
         if (done := _existing(out, fp)): return done
         with atomic(out) as tmp:
             tmp.mkdir()
-            bar = tqdm(sources, desc=f'preparing {out.name}', mininterval=2)
-            rows = checked_all(lambda s: _write_case(tmp, s), bar, 'case(s)')  # every case, then all refusals at once
+            rows = checked_all(lambda x: _write_case(tmp, x, s), sources, 'case(s)')  # every case, then all refusals
             with open(tmp/'list.csv', 'w', newline='') as f:
                 w = csv.DictWriter(f, LIST_COLUMNS)
                 w.writeheader()
                 w.writerows(rows)
             counts = {k: sum(r['split'] == k for r in rows) for k in sorted({r['split'] for r in rows})}
-            info = dict(meta=meta, fingerprint=fp, format=FORMAT, counts=counts, sr3d=sr3d.__version__)
+            info = dict(meta=meta, fingerprint=fp, format=FORMAT, counts=counts, scale=list(s), sr3d=sr3d.__version__)
             (tmp/'prepared.json').write_text(json.dumps(info, indent=1, default=str))
     return out/'list.csv'
 
@@ -138,11 +143,17 @@ def _cache_fresh(root: Path, row: dict) -> bool:
     m = json.loads(meta.read_text())
     return all(m.get(k) == _stamp(root/row[k]) for k in ('lr_path', 'hr_path'))
 
+def dataset_scale(list_file) -> tuple[int, int, int]:
+    "The LR -> HR factors per axis of a prepared data set (sr3d before 0.3 prepared only the thesis's x4)."
+    info = list_path(list_file).parent/'prepared.json'
+    return scale3(json.loads(info.read_text()).get('scale', SCALE) if info.exists() else SCALE)
+
 def _rebuild_cache(root: Path, row: dict):
     (lr, A_lr), (hr, A) = load_volume(root/row['lr_path']), load_volume(root/row['hr_path'])
     lr = reorient(lr, A_lr, A, str(root/row['lr_path']), str(root/row['hr_path']))[0]  # into the HR's axis order
-    if tuple(SCALE * n for n in lr.shape) != hr.shape:
-        raise DataError(f"{root/row['lr_path']}: LR shape {lr.shape} x {SCALE} != HR shape {hr.shape} "
+    s = dataset_scale(root/'list.csv')
+    if tuple(k * n for n, k in zip(lr.shape, s)) != hr.shape:
+        raise DataError(f"{root/row['lr_path']}: LR shape {lr.shape} x {s} != HR shape {hr.shape} "
                         f"of {root/row['hr_path']}")
     _write_cache(root, row, *normalise(lr, hr, str(root/row['hr_path'])))
 
@@ -169,6 +180,12 @@ def read_list(list_file,  # a prepared data set's list.csv (or its folder)
         cases.append(Case(r['case_id'], r['split'], int(r['label']), lr_path, hr_path, root/'cache'))
     if split is not None and not cases: raise DataError(f"{list_file}: no cases in split {split!r}")
     return cases
+
+def lr_voxel(cases: list,  # `Case`s of a prepared data set
+            ) -> list[float]:
+    "The LR voxel size in mm per axis of `cases` (the median over them), from their NIfTI affines."
+    sizes = [np.sqrt((nib.load(c.lr_path).affine[:3, :3] ** 2).sum(0)) for c in cases]
+    return [float(v) for v in np.median(sizes, 0)]
 
 # %% ../nbs/prepare.ipynb #d7a6932b
 DEMO_SHAPE = (96, 96, 64)  # HR voxels of a demo subject (2 mm); LR is 24x24x16
@@ -226,6 +243,7 @@ def prepare_demo(*, out,  # destination folder
                  seed: int = 0,  # every subject is drawn from this seed
                  n_train: int = 40,  # training subjects
                  n_test: int = 12,  # test subjects
+                 scale: str = '4,4,4',  # LR = HR average-pooled by this factor per axis, e.g. '1,1,4' for thick slices
                 ) -> Path:
     "Generate the demo data set into `out` (deterministic from `seed`) and return its list file."
     meta = dict(source='demo', seed=seed, n_train=n_train, n_test=n_test, shape=DEMO_SHAPE,
@@ -240,13 +258,16 @@ def prepare_demo(*, out,  # destination folder
         return load
     sources = [Source(f'demo_{i:03d}', 'train' if i < n_train else 'test', 0, f'demo subject {i}', loader(i))
                for i in range(n_train + n_test)]
-    return write_dataset(out, sources, meta)
+    return write_dataset(out, sources, meta, scale)
 
 # %% ../nbs/prepare.ipynb #0af27aac
-def demo_data(out='data/demo',  # where the shared demo data set lives (relative to the project root)
+def demo_data(scale=SCALE,  # LR = HR pooled by this factor per axis
+              out=None,  # where it lives (relative to the project root); default data/demo, or data/demo-scale=1x1x4
              ) -> Path:
-    "The list file of the default demo data set, prepared on first use."
-    return prepare_demo(out=resolve(out))
+    "The list file of the demo data set (at `scale`), prepared on first use."
+    s = scale3(scale)
+    out = out or ('data/demo' if s == scale3(SCALE) else f"data/demo-scale={'x'.join(map(str, s))}")
+    return prepare_demo(out=resolve(out), scale=','.join(map(str, s)))
 
 # %% ../nbs/prepare.ipynb #ec052349
 MSD_MODALITIES = {'flair': 0, 't1w': 1, 't1gd': 2, 't2w': 3}
@@ -265,6 +286,7 @@ def prepare_msd(task_dir,  # the Task01_BrainTumour folder (imagesTr/, imagesTs/
                 *, out,  # destination folder, written only when every case is valid
                 modality: str = 'flair',  # 'flair', 't1w', 't1gd' or 't2w' (the thesis does not say)
                 label: int = 0,  # discriminator class of every case
+                scale: str = '4,4,4',  # LR = HR average-pooled by this factor per axis (the thesis: 4,4,4)
                ) -> Path:
     "Prepare MSD Task01 into `out` (imagesTr -> train, imagesTs -> test) and return the list file."
     task_dir = Path(task_dir).absolute()
@@ -275,13 +297,13 @@ def prepare_msd(task_dir,  # the Task01_BrainTumour folder (imagesTr/, imagesTs/
     def loader(f):
         def load():
             vol, A = load_volume(f, channel=ch)
-            return fit_to_multiple(vol, name=str(f)), A, None
+            return fit_to_multiple(vol, scale, name=str(f)), A, None
         return load
     sources = [Source(case_id(f), split, label, str(f), loader(f))
                for split, key, folder in (('train', 'training', 'imagesTr'), ('test', 'test', 'imagesTs'))
                for f in _msd_files(task_dir, key, folder)]
     meta = dict(source='msd', task_dir=str(task_dir), modality=modality.lower(), label=label, n=len(sources))
-    return write_dataset(out, sources, meta)
+    return write_dataset(out, sources, meta, scale)
 
 # %% ../nbs/prepare.ipynb #2991f25a
 def prepare_folder(hr_dir,  # folder of HR volumes
@@ -291,6 +313,7 @@ def prepare_folder(hr_dir,  # folder of HR volumes
                    test_fraction: float = 0.2,  # share of cases in the test split
                    seed: int = 0,  # the split's shuffle
                    label: int = 0,  # discriminator class of every case
+                   scale: str = '4,4,4',  # LR = HR average-pooled by this factor per axis (with --lr: its factor)
                   ) -> Path:
     "Prepare a folder of NIfTI volumes into `out` and return the list file."
     hr_dir = Path(hr_dir).absolute()
@@ -306,7 +329,7 @@ def prepare_folder(hr_dir,  # folder of HR volumes
     def loader(k):
         def load():
             hr, A = load_volume(files[k])
-            if lr is None: return fit_to_multiple(hr, mode=fit, name=str(files[k])), A, None
+            if lr is None: return fit_to_multiple(hr, scale, mode=fit, name=str(files[k])), A, None
             lr_vol, A_lr = load_volume(lr_files[k])
             return hr, A, reorient(lr_vol, A_lr, A, str(lr_files[k]), str(files[k]))[0]
         return load
@@ -314,7 +337,7 @@ def prepare_folder(hr_dir,  # folder of HR volumes
     sources = [Source(k, 'test' if k in test_ids else 'train', label, names[k], loader(k)) for k in ids]
     meta = dict(source='folder', hr_dir=str(hr_dir), lr_dir=str(lr) if lr else None, fit=fit,
                 test_fraction=test_fraction, seed=seed, label=label, n=len(files))
-    return write_dataset(out, sources, meta)
+    return write_dataset(out, sources, meta, scale)
 
 # %% ../nbs/prepare.ipynb #612c759c
 SOURCES = {'demo': prepare_demo, 'msd': prepare_msd, 'folder': prepare_folder}

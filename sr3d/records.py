@@ -49,6 +49,11 @@ class Run:
     @property
     def hours_total(self) -> float: return self.min_per_epoch * self.epochs / 60
 
+    def list_path(self) -> Path:
+        "The data set this run was trained and evaluated on, in this checkout (demo data: prepared on first use)."
+        if self.config.get('data') == 'demo': return data_path('demo', self.config.get('scale', '4,4,4'))
+        return recorded_path(self.list_file, f"run {self.name}, config.json: list_file")
+
     def values(self, metric: str,  # a per_case.csv column, e.g. 'psnr'
                method: str = 'sr3d',  # the method's rows
               ) -> pd.Series:
@@ -89,10 +94,8 @@ class Study:
         return [self.runs[n] for n in seed_runs(self.grid, settings) if n in self.runs]
 
     def list_file(self) -> Path:
-        "The data set the study's runs were trained and evaluated on, in this checkout (demo data: prepared on use)."
-        run = next(iter(self.runs.values()))
-        if run.config.get('data') == 'demo': return data_path('demo')
-        return recorded_path(run.list_file, f"run {run.name}, config.json: list_file")
+        "The data set of the study's baseline (else its first run), in this checkout (`Run.list_path`)."
+        return (self.seed_runs(self.grid.baseline) or list(self.runs.values()))[0].list_path()
 
 def read_study(study_dir,  # a study folder
               ) -> Study:

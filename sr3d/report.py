@@ -14,7 +14,7 @@ from .evaluate import BASELINES, DIGITS
 from .metrics import NAMES
 from .grids import LEVERS, Grid, table_levers, table_runs
 from .records import Study
-from .claims import Claim, claim_outcome, judge_quality, thesis_row
+from .claims import Claim, best_interpolation, claim_outcome, judge_quality, thesis_row
 
 # %% auto #0
 __all__ = ['WORDS', 'machines', 'table_machine', 'study_table', 'slug', 'study_header', 'write_tables', 'compact_table',
@@ -66,7 +66,13 @@ def study_table(study: Study, title: str) -> pd.DataFrame:
             row.update({'thesis PSNR': t['psnr'], 'thesis SSIM': t['ssim'], 'thesis LPIPS': t['lpips'],
                         'thesis min/epoch': t['min_per_epoch']})
         rows.append(row)
-    if study.runs:  # interpolation rows, from the baseline's metrics (the same volumes in every run of the study)
+    if 'scale' in varied:  # each scale is its own LR data: the best interpolation of each, along the same axes
+        for s in configs:
+            if runs := study.seed_runs(s):
+                m = best_interpolation(runs)
+                rows.append({**{k: s.get(k, '') for k in varied}, 'run': f'interpolation: {BASELINES[m]} (the best)',
+                             **{k.upper(): _fmt(_mean([runs[0]], k, m), DIGITS[k]) for k in NAMES}})
+    elif study.runs:  # interpolation rows, from the baseline's metrics (the same volumes in every run of the study)
         r = (study.seed_runs(grid.baseline) or list(study.runs.values()))[0]
         for m in [m for m in reversed(BASELINES) if m in r.methods]:
             rows.append({**{k: '' for k in varied}, 'run': f'interpolation: {BASELINES[m]}',

@@ -25,13 +25,14 @@ def compare(a: np.ndarray,  # arm A: (seeds, cases) values
             b: np.ndarray,  # arm B: (seeds, cases), the same cases in the same order
             seed_var: float, seed_df: int,  # from `pooled_seed_var`
             level: float = 0.95,  # the interval's coverage
+            b_trained: bool = True,  # False: B is not a trained network (an interpolation) and adds no seed spread
            ) -> dict:
     "A − B over seeds and cases, with its standard error from both and its interval (see above)."
     a, b = np.atleast_2d(np.asarray(a, np.float64)), np.atleast_2d(np.asarray(b, np.float64))
     if a.shape[1] != b.shape[1]: raise ValueError(f"compare: {a.shape[1]} cases in A, {b.shape[1]} in B")
     if seed_df < 1: raise ValueError("compare: no configuration has two seeds, so a reseed's spread is unknown")
     d = a.mean(0) - b.mean(0)  # per case, each arm averaged over its seeds
-    se = float(np.sqrt(seed_var * (1 / len(a) + 1 / len(b)) + d.var(ddof=1) / len(d)))
+    se = float(np.sqrt(seed_var * (1 / len(a) + (1 / len(b) if b_trained else 0)) + d.var(ddof=1) / len(d)))
     half = float(stats.t.ppf((1 + level) / 2, seed_df)) * se
     return dict(effect=float(d.mean()), lo=float(d.mean()) - half, hi=float(d.mean()) + half, se=se,
                 seeds_a=len(a), seeds_b=len(b), n_cases=len(d), seed_sd=float(np.sqrt(seed_var)), seed_df=seed_df)

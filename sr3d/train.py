@@ -20,9 +20,9 @@ import sr3d
 from .core import atomic, parse_size, portable, project_root, resolve, write_text
 # make_config too: scripts start a run with `from sr3d.train import make_config, launch`
 from .config import THESIS_PATCHES, ConfigError, TrainConfig, config_hash, data_path, make_config, vgg_schedule
-from .data import SCALE, PatchPairs, hr_over_lr
-from .prepare import read_list
-from .model import Discriminator, Generator, generator_record, intensity_record, save_generator
+from .data import PatchPairs, hr_over_lr, scale3
+from .prepare import lr_voxel, read_list
+from .model import Discriminator, Generator, generator_record, geometry_record, intensity_record, save_generator
 from .losses import Perceptual25D, d_loss, generator_loss, vgg_images
 from .weights import find_weights
 from .machine import provenance, resolve_precision
@@ -51,7 +51,7 @@ def open_run(c: TrainConfig,  # a checked configuration
     weights = dict(vgg16=find_weights('vgg16', c.weights).as_dict() if c.vgg_n != 0 else None,
                    alexnet=find_weights('alexnet', c.lpips_weights).as_dict())  # which files, where from, their hashes
     info = dict(config={**asdict(c), 'run_dir': portable(d)}, config_hash=config_hash(c),
-                list_file=portable(data_path(c.data)), precision=resolve_precision(c.mixed_precision), weights=weights,
+                list_file=portable(data_path(c.data, c.scale)), precision=resolve_precision(c.mixed_precision), weights=weights,
                 provenance=provenance())
     write_text(cfg_file, json.dumps(info, indent=1))
     return d
@@ -113,7 +113,7 @@ def build(c: TrainConfig,  # the configuration
          ) -> Models:
     "G, D, the perceptual loss, both optimisers and G's scheduler for `c`, initialised from `c.seed`."
     torch.manual_seed(c.seed)  # the same initial weights in every process
-    G = Generator(c.nf, c.gc, c.n_rrdb, interp_residual=c.interp_residual, out_conv=c.out_conv, up_init=c.up_init)
+    G = Generator(c.nf, c.gc, c.n_rrdb, scale3(c.scale), c.interp_residual, out_conv=c.out_conv, up_init=c.up_init)
     D = Discriminator(c.n_classes, c.d_nf)
     perceptual = None
     if c.vgg_n != 0:
@@ -204,9 +204,10 @@ def set_rng_states(s: dict):
     torch.set_rng_state(s['torch'])
     if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
-def save_checkpoint(path, epoch: int, m: Models, acc: Accelerator, c: TrainConfig, log: list, intensity: dict):
+def save_checkpoint(path, epoch: int, m: Models, acc: Accelerator, c: TrainConfig, log: list, intensity: dict,
+                    geometry: dict | None = None):
     "Write the full training state after `epoch` epochs, atomically."
-    ck = dict(epoch=epoch, config=asdict(c), generator=generator_record(acc.unwrap_model(m.G), intensity),
+    ck = dict(epoch=epoch, config=asdict(c), generator=generator_record(acc.unwrap_model(m.G), intensity, geometry),
               discriminator=acc.unwrap_model(m.D).state_dict(), opt_g=m.opt_g.state_dict(), opt_d=m.opt_d.state_dict(),
               sched_g=m.sched.state_dict(), scaler=acc.scaler.state_dict() if acc.scaler is not None else None,
               ema=m.ema.state_dict() if m.ema is not None else None, rng=rng_states(), log=log)
@@ -256,9 +257,9 @@ def train(c: TrainConfig,  # a checked configuration whose run folder exists (se
 def _train(c: TrainConfig, acc: Accelerator) -> Path:
     run_dir = resolve(c.run_dir)
     ckpt = run_dir/'checkpoints'/'last.pt'
-    cases = read_list(data_path(c.data), 'train')
-    intensity = intensity_record(hr_over_lr(cases))
-    ds = PatchPairs(cases, c.patch, c.patches_per_volume, c.patch_mode, c.seed)
+    cases = read_list(data_path(c.data, c.scale), 'train')
+    intensity, geometry = intensity_record(hr_over_lr(cases)), geometry_record(scale3(c.scale), lr_voxel(cases))
+    ds = PatchPairs(cases, c.patch, c.patches_per_volume, c.patch_mode, c.seed, c.scale)
     sampler = EpochBatches(len(ds), c.batch_size, c.seed, acc.process_index, acc.num_processes)
     workers = dict(persistent_workers=True, prefetch_factor=4) if c.num_workers else {}
     loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=c.num_workers,
@@ -268,7 +269,7 @@ def _train(c: TrainConfig, acc: Accelerator) -> Path:
     if m.ema is not None: m.ema.to(acc.device)
     start, log = load_checkpoint(ckpt, m, acc) if ckpt.exists() else (0, [])
     schedule = vgg_schedule(c)  # the perceptual loss's slices per plane, epoch by epoch
-    hr_shape = [SCALE * p for p in parse_size(c.patch)]
+    hr_shape = [k * p for k, p in zip(scale3(c.scale), parse_size(c.patch))]
     images = [len(sampler) * c.batch_size * vgg_images(n, hr_shape) for n in schedule]  # VGG images (SR) per epoch
     if acc.is_main_process:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -303,13 +304,13 @@ def _train(c: TrainConfig, acc: Accelerator) -> Path:
         if acc.is_main_process:
             write_log(run_dir, log)
             if (epoch + 1) % c.ckpt_every == 0 or epoch + 1 == c.epochs:
-                save_checkpoint(ckpt, epoch + 1, m, acc, c, log, intensity)
+                save_checkpoint(ckpt, epoch + 1, m, acc, c, log, intensity, geometry)
                 print(f"epoch {epoch + 1}/{c.epochs}: loss {row['total']:.4f}, {seconds:.1f} s, checkpoint saved",
                       flush=True)  # a line per checkpoint, no progress bar: log.csv has every epoch
         acc.wait_for_everyone()
     if acc.is_main_process and not (run_dir/'generator.pt').exists():  # the average, when the run keeps one
         released = acc.unwrap_model(m.G) if m.ema is None else m.ema
-        save_generator(released, run_dir/'generator.pt', intensity, epochs=c.epochs, config_hash=config_hash(c),
+        save_generator(released, run_dir/'generator.pt', intensity, geometry, epochs=c.epochs, config_hash=config_hash(c),
                        weights='last' if m.ema is None else f'ema (decay {c.ema})', vgg_images=sum(images))
 
     acc.wait_for_everyone()

@@ -15,7 +15,7 @@ from scipy import ndimage
 import sr3d
 from ..core import parse_size
 from ..config import TrainConfig
-from ..data import SCALE, save_volume
+from ..data import SCALE, scale3, save_volume
 from ..prepare import prepare_folder
 from ..machine import cpu_model, resolve_precision
 from ..train import Models, build, reset_accelerate, train_step
@@ -101,7 +101,7 @@ def step_setup(c: TrainConfig,  # the configuration (its VGG weights are replace
     m.G, m.D, m.opt_g, m.opt_d = acc.prepare(m.G, m.D, m.opt_g, m.opt_d)
     p, B = parse_size(c.patch), c.batch_size // c.num_processes
     g = torch.Generator().manual_seed(seed)
-    lr, hr = torch.rand(B, 1, *p, generator=g), torch.rand(B, 1, *[SCALE * a for a in p], generator=g)
+    lr, hr = torch.rand(B, 1, *p, generator=g), torch.rand(B, 1, *[k * a for k, a in zip(scale3(c.scale), p)], generator=g)
     y = torch.randint(0, c.n_classes, (B,), generator=g)
     lr, hr = (v.to(acc.device).contiguous(memory_format=mf) for v in (lr, hr))
     return Step(c, acc, m, (lr, hr, y.to(acc.device)))

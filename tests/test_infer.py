@@ -10,10 +10,10 @@ from sr3d.data import load_volume, lr_affine, pool, save_volume
 from sr3d.prepare import read_list
 from sr3d.evaluate import evaluate_generator
 from sr3d.infer import sr_affine
-from sr3d.model import Generator, intensity_record, load_generator, save_generator
+from sr3d.model import Generator, geometry_record, intensity_record, load_generator, save_generator
 
 ROOT = Path(__file__).resolve().parents[1]
-README_GENERATOR = ROOT/'outputs/demo/runs/vgg3-native-rrdb2-p8x8x6/generator.pt'  # the generator the README's sr3d_infer line names
+README_GENERATOR = ROOT/'outputs/demo/runs/baseline/generator.pt'  # the generator the README's sr3d_infer line names
 
 
 def command(name: str) -> list[str]:
@@ -32,9 +32,10 @@ def run(name, *args):
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp('cli')
     torch.manual_seed(0)
-    save_generator(Generator(nf=8, gc=4, n_rrdb=1, interp_residual=True), d/'g.pt', intensity_record(1.05))
-    rng = np.random.default_rng(0)
     A = np.array([[0, -1.5, 0, 40], [1.2, 0, 0, -20], [0, 0, 3.0, 7], [0, 0, 0, 1]])  # anisotropic, axes swapped
+    trained_on = geometry_record(4, np.sqrt((lr_affine(A)[:3, :3] ** 2).sum(0)))  # as if trained on these voxels
+    save_generator(Generator(nf=8, gc=4, n_rrdb=1, interp_residual=True), d/'g.pt', intensity_record(1.05), trained_on)
+    rng = np.random.default_rng(0)
     (d/'lr').mkdir(); (d/'hr').mkdir()
     for i in range(2):
         hr = rng.uniform(10, 500, (32, 32, 32)).astype(np.float32)
@@ -106,3 +107,51 @@ def test_eval_refuses_scales_that_differ(files):
     r = run('sr3d_eval', files/'sr_norm', files/'hr', '--out', files/'bad.csv')
     assert r.returncode != 0 and 'case0_lr.nii.gz: max(SR)' in r.stderr and 'same intensity units' in r.stderr
     assert not (files/'bad.csv').exists()
+
+
+def thick_case(d: Path, voxel=(1.0, 1.0, 4.0)):
+    "A smooth LR volume of `voxel` mm (a thick-slice scan), and a tiny generator trained for 1x1x4 on 2x2x8 mm voxels."
+    torch.manual_seed(0)
+    save_generator(Generator(nf=8, gc=4, n_rrdb=1, scale=(1, 1, 4), interp_residual=True), d/'thick.pt',
+                   intensity_record(1.0), geometry_record((1, 1, 4), (2.0, 2.0, 8.0)))
+    A = np.diag([*voxel, 1.0]); A[:3, 3] = [-30.0, 12.0, -8.0]
+    lr = np.random.default_rng(1).uniform(50, 800, (16, 16, 8)).astype(np.float32)
+    save_volume(lr, A, d/'lr.nii.gz')
+    return A, lr
+
+
+def test_a_thick_slice_scan_comes_back_isotropic_over_its_input(tmp_path):
+    "1 x 1 x 4 mm in, 1 mm isotropic out, each LR voxel exactly covered by its four SR voxels in world space."
+    A, lr = thick_case(tmp_path)
+    r = run('sr3d_infer', tmp_path/'thick.pt', tmp_path/'lr.nii.gz', tmp_path/'sr.nii.gz')
+    assert r.returncode == 0, r.stderr
+    img = nib.load(tmp_path/'sr.nii.gz')
+    assert img.shape == (16, 16, 32)
+    np.testing.assert_allclose(img.header.get_zooms(), (1.0, 1.0, 1.0))
+    np.testing.assert_allclose(lr_affine(img.affine, (1, 1, 4)), A, atol=1e-6)  # pooling SR's grid gives the input's
+    centre = lambda aff, ijk: aff[:3, :3] @ ijk + aff[:3, 3]
+    for ijk in [(0, 0, 0), (15, 3, 7)]:  # an LR voxel's centre = the mean of its four SR voxel centres
+        sr_centres = [centre(img.affine, (ijk[0], ijk[1], 4 * ijk[2] + k)) for k in range(4)]
+        np.testing.assert_allclose(np.mean(sr_centres, 0), centre(A, ijk), atol=1e-6)
+
+
+def test_voxels_shaped_unlike_the_training_lr_are_refused(tmp_path):
+    "A 1x1x4 generator given 1 mm isotropic voxels, and an isotropic one given 1x1x4 mm, are refused by name."
+    thick_case(tmp_path, voxel=(1.0, 1.0, 1.0))
+    r = run('sr3d_infer', tmp_path/'thick.pt', tmp_path/'lr.nii.gz', tmp_path/'sr.nii.gz')
+    assert r.returncode != 0 and 'lr.nii.gz: voxels of 1x1x1 mm' in r.stderr and '2x2x8 mm' in r.stderr
+    assert 'factors 1x1x4' in r.stderr and not (tmp_path/'sr.nii.gz').exists()
+    r = run('sr3d_infer', tmp_path/'thick.pt', tmp_path/'lr.nii.gz', tmp_path/'sr.nii.gz', '--allow-voxel-mismatch')
+    assert r.returncode == 0, r.stderr
+    thick_case(tmp_path)  # 1 x 1 x 4 mm, given to the committed isotropic demo generator
+    r = run('sr3d_infer', README_GENERATOR, tmp_path/'lr.nii.gz', tmp_path/'iso.nii.gz')
+    assert r.returncode != 0 and 'voxels of 1x1x4 mm' in r.stderr and 'factors 4x4x4' in r.stderr
+
+
+def test_the_projection_agrees_with_its_lr(tmp_path):
+    "`--project`: every SR block averages exactly to its LR voxel, in the input's units."
+    A, lr = thick_case(tmp_path)
+    r = run('sr3d_infer', tmp_path/'thick.pt', tmp_path/'lr.nii.gz', tmp_path/'sr.nii.gz', '--project')
+    assert r.returncode == 0, r.stderr
+    sr = np.asarray(nib.load(tmp_path/'sr.nii.gz').dataobj, np.float64)
+    np.testing.assert_allclose(pool(sr, (1, 1, 4)), lr, rtol=1e-5)

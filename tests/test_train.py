@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np, pytest, torch
 import papermill as pm
 import sr3d.train as T
-from sr3d.data import save_volume
-from sr3d.prepare import prepare_folder
+from sr3d.data import PatchPairs, save_volume
+from sr3d.prepare import prepare_folder, read_list
 from sr3d.model import Discriminator, Generator, load_generator
 from sr3d.losses import Perceptual25D
 
@@ -165,3 +165,30 @@ def test_paper_preset_builds(tmp_path):
 if __name__ == '__main__':  # what test_two_processes_synchronise_gradients runs
     from accelerate import debug_launcher
     debug_launcher(_ddp_step, args=(sys.argv[1],), num_processes=2)
+
+
+def test_papermill_refuses_a_misspelt_parameter(tmp_path, small_data):
+    "`-p vgg_N 20` (papermill only warns) is refused by name with the nearest known parameter, before a run folder exists."
+    with pytest.raises(pm.PapermillExecutionError, match=r"papermill: unknown parameter 'vgg_N' \(did you mean 'vgg_n'\?\)"):
+        pm.execute_notebook(ROOT/'nbs/train.ipynb', tmp_path/'out.ipynb', cwd=ROOT/'nbs', progress_bar=False,
+                            parameters=dict(vgg_N=20, run_dir=str(tmp_path/'run'), data=small_data))
+    assert not (tmp_path/'run').exists()
+
+def test_a_seed_drives_every_draw_and_repeats_bit_for_bit(tmp_path, small_data):
+    "Initialisation (G and D), patch positions, batch order and slice draws all follow the run's seed."
+    c0, c1 = (tiny(tmp_path, f's{k}', small_data, seed=k, patch_mode='random') for k in (0, 1))
+    m0, m1 = T.build(c0), T.build(c1)
+    for net in ('G', 'D'):
+        assert not torch.equal(next(getattr(m0, net).parameters()), next(getattr(m1, net).parameters())), net
+    ds = [PatchPairs(read_list(small_data, 'train'), c.patch, c.patches_per_volume, c.patch_mode, c.seed) for c in (c0, c1)]
+    assert not np.array_equal(ds[0].corner(3, epoch=2), ds[1].corner(3, epoch=2))
+    assert T.epoch_batches(16, 4, 2, 0) != T.epoch_batches(16, 4, 2, 1)
+    hr = torch.rand(2, 1, 16, 16, 12)
+    for m, seed in ((m0, 0), (m1, 1)): m.perceptual.start_epoch(2, [seed, 2, 0])
+    assert any(not torch.equal(a, b) for a, b in zip(m0.perceptual.draw(hr.shape[2:]), m1.perceptual.draw(hr.shape[2:])))
+    weights = {}
+    for name, seed in (('a', 0), ('b', 0), ('c', 1)):
+        T.launch(tiny(tmp_path, name, small_data, epochs=2, seed=seed, patch_mode='random'))
+        weights[name] = torch.load(tmp_path/name/'generator.pt', weights_only=True)['state_dict']
+    assert all(torch.equal(weights['a'][k], weights['b'][k]) for k in weights['a']), 'one seed repeats bit for bit'
+    assert not any(torch.equal(weights['a'][k], weights['c'][k]) for k in weights['a'] if weights['a'][k].numel() > 1)

@@ -467,4 +467,5 @@ d = { 'settings': { 'branch': 'main',
                               'sr3d.weights.sr3d_weights': ('weights.html#sr3d_weights', 'sr3d/weights.py'),
                               'sr3d.weights.tensor_digest': ('weights.html#tensor_digest', 'sr3d/weights.py'),
                               'sr3d.weights.to_torchvision': ('weights.html#to_torchvision', 'sr3d/weights.py'),
-                              'sr3d.weights.weights_dir': ('weights.html#weights_dir', 'sr3d/weights.py')}}}
+                              'sr3d.weights.weights_dir': ('weights.html#weights_dir', 'sr3d/weights.py'),
+                              'sr3d.weights.weights_location': ('weights.html#weights_location', 'sr3d/weights.py')}}}

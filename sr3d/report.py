@@ -55,7 +55,7 @@ def study_table(study: Study, title: str) -> pd.DataFrame:
         if not runs:
             rows.append({**row, 'status': study.state['runs'].get(grid.name(s), {}).get('status', 'missing')})
             continue
-        row.update({k.upper(): _fmt(_mean(runs, k), DIGITS[k]) for k in NAMES}, seeds=len(runs))
+        row.update({k.upper(): _fmt(_mean(runs, k), DIGITS[k]) for k in NAMES}, seeds=str(len(runs)))
         row.update({f'{k.upper()} seed SD': _fmt(_sd(runs, k), DIGITS[k] + 1) for k in ('psnr', 'lpips')})
         timed = [r for r in runs if r.machine == home] or [runs[0]]
         minutes = float(np.median([r.min_per_epoch for r in timed]))

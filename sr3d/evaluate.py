@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy import ndimage
-from tqdm import tqdm  # text progress: no widget in papermill or a terminal
+from tqdm import tqdm  # text progress in a terminal; none in a notebook, whose record it would clutter
 from .core import PeakMemory, case_files, checked_all, list_path, pair_cases, portable, script, write_text
 from .data import SCALE, DataError, load_volume, scale3, to_grid
 from .prepare import dataset_scale, read_list
@@ -71,7 +71,7 @@ def evaluate_method(name: str,  # the method's name in the table
                    ) -> list[dict]:
     "Metrics, seconds and peak memory of method `name` on every case, one row per case."
     rows = []
-    for c in tqdm(cases, desc=name, disable=not progress, mininterval=2):
+    for c in tqdm(cases, desc=name, disable=not (progress and sys.stderr.isatty()), mininterval=2):
         lr, hr = c.arrays()
         sr, seconds, mb = run(np.array(lr))
         quality = volume_metrics(sr, hr, lpips_net, c.case_id)
@@ -238,7 +238,7 @@ def evaluate_folders(sr_dir, hr_dir,  # folders of SR and HR NIfTI volumes
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     net, status = lpips_model(lpips_weights, device)
     name, rows = Path(sr_dir).resolve().name, []
-    for k in tqdm(ids, desc='sr3d_eval', disable=not progress, mininterval=2):
+    for k in tqdm(ids, desc='sr3d_eval', disable=not (progress and sys.stderr.isatty()), mininterval=2):
         rows.append(dict(case_id=k, method=name, **volume_metrics(*case_pair(sr[k], hr[k]), net, k)))
     res = dict(n_cases=len(ids), sr_dir=portable(sr_dir), hr_dir=portable(hr_dir), lpips=status,
                metrics_version=METRICS_VERSION,

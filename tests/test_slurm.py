@@ -17,7 +17,7 @@ LAUNCH = "import json, sys; from sr3d.train import make_config, launch; launch(m
 # 24 patches of 4 volumes in batches of 4: 24 steps, an epoch of a few seconds, the window in which a task is requeued
 TINY = dict(nf=8, gc=4, d_nf=4, patches_per_volume=24, batch_size=4, epochs=2, ckpt_every=1, mixed_precision='no')
 GRID = Grid('demo', dict(vgg_n=0, n_rrdb=1, patch='4,4,3', vgg_resize='native'), {'VGG': {'vgg_n': [0, 2]}}, TINY)
-A, B = 'vgg0-native-rrdb1-p4x4x3', 'vgg2-native-rrdb1-p4x4x3'  # A is requeued mid-run, B is killed
+A, B = 'baseline', 'vgg_n=2'  # A is requeued mid-run, B is killed
 
 def answers() -> bool:
     return subprocess.run(['sinfo', '--noheader'], capture_output=True, timeout=30).returncode == 0

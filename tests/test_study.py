@@ -15,24 +15,24 @@ def test_study_runs_records_failure_and_resumes(tmp_path, small_data):
     grid = Grid('demo', BASE, {'VGG': {'vgg_n': [0, 2]}, 'broken': {'weights': ['/nowhere/vgg16.pth']}, 'bad': {'patch': ['99,99,99']}}, TINY)
     out = run_study(grid, tmp_path/'s', data=small_data)
     st = statuses(out)
-    assert st == {'vgg0-native-rrdb1-p4x4x3': 'finished', 'vgg2-native-rrdb1-p4x4x3': 'finished',
-                  'vgg0-native-rrdb1-p4x4x3-weights/nowhere/vgg16.pth': 'failed', 'vgg0-native-rrdb1-p99x99x99': 'failed'}
+    assert st == {'baseline': 'finished', 'vgg_n=2': 'finished',
+                  'weights=_nowhere_vgg16.pth': 'failed', 'patch=99x99x99': 'failed'}
     runs = json.loads((out/'study.json').read_text())['runs']
-    assert 'vgg16.pth' in runs['vgg0-native-rrdb1-p4x4x3-weights/nowhere/vgg16.pth']['error']
-    assert 'larger than the LR volume' in runs['vgg0-native-rrdb1-p99x99x99']['error']
-    for n in ('vgg0-native-rrdb1-p4x4x3', 'vgg2-native-rrdb1-p4x4x3'):
+    assert 'vgg16.pth' in runs['weights=_nowhere_vgg16.pth']['error']
+    assert 'larger than the LR volume' in runs['patch=99x99x99']['error']
+    for n in ('baseline', 'vgg_n=2'):
         assert (out/'runs'/f'{n}.ipynb').exists() and (out/'runs'/n/'metrics.json').exists()
     tables = (out/'tables.md').read_text()
     assert '## VGG' in tables and 'tricubic convolution' in tables and (out/'vgg.csv').exists()
     assert (out/'summary.ipynb').exists() and (out/'figures'/'figure_41.png').exists() and (out/'figures'/'lever_effects.png').exists()
 
     # again: finished runs are skipped (their notebooks untouched), a changed configuration is not taken for finished
-    nb = out/'runs'/'vgg0-native-rrdb1-p4x4x3.ipynb'; before = nb.stat().st_mtime_ns
-    changed = out/'runs'/'vgg2-native-rrdb1-p4x4x3'/'config.json'
+    nb = out/'runs'/'baseline.ipynb'; before = nb.stat().st_mtime_ns
+    changed = out/'runs'/'vgg_n=2'/'config.json'
     c = json.loads(changed.read_text()); c['config_hash'] = 'deadbeef'; changed.write_text(json.dumps(c))
     run_study(grid, out, data=small_data, summary=False)
     assert nb.stat().st_mtime_ns == before
-    assert statuses(out)['vgg2-native-rrdb1-p4x4x3'] == 'finished'
+    assert statuses(out)['vgg_n=2'] == 'finished'
     assert json.loads(changed.read_text())['config_hash'] != 'deadbeef'
     assert len(list((out/'runs'/'.superseded').iterdir())) == 1
 
@@ -62,8 +62,8 @@ def test_two_studies_keep_to_their_folders(tmp_path, small_data):
     try: run_study(b, tmp_path/'a', data=small_data, summary=False); raise AssertionError('a different grid was run into the same folder')
     except ValueError as e: assert 'different grid' in str(e)
     run_study(b, tmp_path/'b', data=small_data, summary=False)
-    assert json.loads((tmp_path/'a'/'runs'/'vgg0-native-rrdb1-p4x4x3'/'config.json').read_text())['config']['epochs'] == 1
-    assert json.loads((tmp_path/'b'/'runs'/'vgg0-native-rrdb1-p4x4x3'/'config.json').read_text())['config']['epochs'] == 2
+    assert json.loads((tmp_path/'a'/'runs'/'baseline'/'config.json').read_text())['config']['epochs'] == 1
+    assert json.loads((tmp_path/'b'/'runs'/'baseline'/'config.json').read_text())['config']['epochs'] == 2
 
 def test_a_failed_execution_leaves_the_record_it_meant_to_refresh(tmp_path, small_data):
     "A run notebook or summary that fails keeps the old executed notebook as it was, and names the failed copy."

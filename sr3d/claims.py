@@ -198,7 +198,12 @@ def judge_cost(study: Study, claim: Claim, a: list, b: list) -> dict:
                          f"costs are compared on one machine only; retrain one of them on the other's machine")
     m = max(ma & mb, key=lambda k: sum(r.machine == k for r in a + b))
     on = [[r for r in arm if r.machine == m] for arm in (a, b)]
-    r = compare_cost(*[epoch_times([x.epoch_seconds for x in arm]) for arm in on], claim.better)
+    times = [epoch_times([x.timed_seconds for x in arm]) for arm in on]
+    if min(map(len, times)) < 3:
+        return dict(outcome='cannot check', seeds_a=len(on[0]), seeds_b=len(on[1]),
+                    note=f"fewer than 3 epochs of {on[0][0].name if len(times[0]) < 3 else on[1][0].name} had {m} to "
+                         "themselves (the rest shared the CPU with other work); retrain on a quiet machine")
+    r = compare_cost(*times, claim.better)
     left = [x.name for x in a + b if x.machine != m]
     return dict(outcome=r['outcome'], value_a=float(np.median([x.min_per_epoch for x in on[0]])),
                 value_b=float(np.median([x.min_per_epoch for x in on[1]])), effect=r['ratio'], p=r['p'],

@@ -54,7 +54,8 @@ GRIDS = {
         scaling=("the thesis's sizes scaled by about 0.3 to the demo volumes: patches 30x30x20/20x20x15/15x15x10 -> "
                  "8x8x6/6x6x4/4x4x3; VGG slices per plane 10/20/30 -> 3/6/9; RRDBs 5/10/15 -> 1/2/3; "
                  "resize 224 -> 60"),
-        seeds=[[{}, 6], [{'vgg_n': 0}, 3], [{'vgg_n': 'full'}, 3], [{'patch': '4,4,3'}, 3]]),
+        seeds=[[{}, 6], [{'vgg_n': 0}, 3], [{'vgg_n': 'full'}, 3], [{'patch': '4,4,3'}, 3],
+               [{'scale': '2,2,4', 'patch': '16,16,6'}, 3], [{'scale': '1,1,4', 'patch': '32,32,6'}, 3]]),
 }
 
 # %% ../nbs/grids.ipynb #5542f198

@@ -16,10 +16,11 @@ from .grids import Grid, seed_runs
 from .study import study_grid
 
 # %% auto #0
-__all__ = ['PRECISION_NAMES', 'FAKE_ARMS', 'Run', 'read_run', 'Study', 'read_study', 'fake_study']
+__all__ = ['PRECISION_NAMES', 'LOAD_MARGIN', 'FAKE_ARMS', 'Run', 'read_run', 'Study', 'read_study', 'fake_study']
 
 # %% ../nbs/records.ipynb #rc04
 PRECISION_NAMES = {'no': 'float32', 'bf16': 'bf16', 'fp16': 'fp16'}  # config.json's precision, as a reader says it
+LOAD_MARGIN = 0.5  # an epoch whose 1-minute load exceeded the run's threads by more than this shared the CPU
 
 @dataclass
 class Run:
@@ -30,7 +31,8 @@ class Run:
     device: str  # the device it trained on (config.json's provenance)
     precision: str  # what it computed in: 'bf16' or 'float32'
     epoch_seconds: np.ndarray  # every epoch's seconds (log.csv)
-    load: float | None  # the machine's mean 1-minute load over the epochs; None where the run did not record it
+    epoch_loads: np.ndarray | None  # the machine's 1-minute load after each epoch; None where the run did not record it
+    threads: int  # the CPU threads torch used (the load a run alone puts on the machine)
     vgg_images: int | None  # SR images the perceptual loss put through VGG in the whole run
     methods: dict  # metrics.json's summaries: method -> metric -> {mean, ci95, n}
     lpips: dict  # metrics.json's LPIPS record: which weights, or why there is none
@@ -45,7 +47,15 @@ class Run:
     @property
     def epochs(self) -> int: return self.config['epochs']
     @property
-    def min_per_epoch(self) -> float: return float(np.median(self.epoch_seconds)) / 60
+    def timed_seconds(self) -> np.ndarray:
+        "The epochs a cost is read from: every one but the first (it warms up), and none that shared the CPU."
+        keep = np.arange(len(self.epoch_seconds)) >= (1 if len(self.epoch_seconds) > 2 else 0)
+        if self.epoch_loads is not None: keep &= self.epoch_loads <= self.threads + LOAD_MARGIN
+        return self.epoch_seconds[keep]
+    @property
+    def min_per_epoch(self) -> float:
+        "The median of `timed_seconds` in minutes (NaN when every epoch shared the CPU)."
+        return float(np.median(self.timed_seconds)) / 60 if len(self.timed_seconds) else float('nan')
     @property
     def hours_total(self) -> float: return self.min_per_epoch * self.epochs / 60
 
@@ -72,7 +82,7 @@ def read_run(run_dir,  # a finished run's folder
     cons = run_dir/'consistency.csv'
     return Run(run_dir.name, settings or {}, cfg['config'], cfg['provenance']['device'],
                PRECISION_NAMES.get(cfg.get('precision', 'no'), cfg.get('precision')), log.seconds.to_numpy(float),
-               float(log.load.mean()) if 'load' in log else None,
+               log.load.to_numpy(float) if 'load' in log else None, cfg['provenance'].get('cpu_threads', 1),
                int(log.vgg_images.sum()) if 'vgg_images' in log else None, m['methods'], m['lpips'],
                pd.read_csv(run_dir/'per_case.csv'), pd.read_csv(cons) if cons.exists() else None, cfg['list_file'])
 
@@ -136,12 +146,12 @@ def fake_study(root,  # an empty folder
             (d/'metrics.json').write_text(json.dumps(dict(n_cases=cases, lpips=dict(available=True, reason=None,
                                                                                   weights=weights), **summary(rows))))
             elsewhere = changes and s == 2  # the third seed of vgg_n=0 was trained on another machine
-            pd.DataFrame(dict(epoch=range(1, 7), seconds=rng.normal(sec * (3 if elsewhere else 1), 0.1, 6), load=1.0,
+            pd.DataFrame(dict(epoch=range(1, 7), seconds=rng.normal(sec * (3 if elsewhere else 1), 0.1, 6), load=2.0,
                               d_real=0.6, d_fake=0.4, d_loss=1.2, adv=0.9, total=3.0)).to_csv(d/'log.csv', index=False)
             device = 'another CPU, 2 threads' if elsewhere else 'a CPU, 2 threads'
             config = {**settings, 'seed': s, 'epochs': 6, 'weights': 'imagenet', 'lambda_adv': 0.001, 'data': 'list.csv'}
             (d/'config.json').write_text(json.dumps(dict(config=config, list_file='list.csv', precision='no',
-                                                         provenance=dict(device=device))))
+                                                         provenance=dict(device=device, cpu_threads=2))))
             runs[grid.name(settings)] = dict(status='finished', settings=settings)
     (root/'study.json').write_text(json.dumps(dict(grid=dict(asdict(grid), data=None), runs=runs)))
     return root

@@ -58,8 +58,9 @@ def study_table(study: Study, title: str) -> pd.DataFrame:
         row.update({k.upper(): _fmt(_mean(runs, k), DIGITS[k]) for k in NAMES}, seeds=str(len(runs)))
         row.update({f'{k.upper()} seed SD': _fmt(_sd(runs, k), DIGITS[k] + 1) for k in ('psnr', 'lpips')})
         timed = [r for r in runs if r.machine == home] or [runs[0]]
-        minutes = float(np.median([r.min_per_epoch for r in timed]))
-        row.update({'min/epoch': f"{minutes:.3g}", f"h/{runs[0].epochs} epochs": f"{minutes * runs[0].epochs / 60:.3g}",
+        minutes = float(np.nanmedian([r.min_per_epoch for r in timed])) if any(len(r.timed_seconds) for r in timed) else None
+        row.update({'min/epoch': f"{minutes:.3g}" if minutes else 'shared CPU',
+                    f"h/{runs[0].epochs} epochs": f"{minutes * runs[0].epochs / 60:.3g}" if minutes else '—',
                     'on': letters[timed[0].machine]})
         if runs[0].vgg_images is not None: row['VGG images'] = str(runs[0].vgg_images)  # the loss's work (an int)
         if grid.preset == 'paper' and (t := thesis_row(grid, s)):

@@ -74,10 +74,10 @@ def simulate(effect: float = 0.0,  # the true difference of A over B
                 any_difference=(higher + lower) / reps)
 
 # %% ../nbs/stats.ipynb #st12
-def epoch_times(seconds: list,  # per run, its epochs' seconds
+def epoch_times(seconds: list,  # per run, the seconds of its timed epochs (`sr3d.records.Run.timed_seconds`)
                ) -> np.ndarray:
-    "Every epoch's seconds of `runs`, the first epoch of each left out (it warms up) when a run has more than two."
-    return np.concatenate([np.asarray(s, float)[1:] if len(s) > 2 else np.asarray(s, float) for s in seconds])
+    "The timed epochs of an arm's runs, pooled."
+    return np.concatenate([np.asarray(s, float) for s in seconds])
 
 def compare_cost(a: np.ndarray, b: np.ndarray,  # epoch seconds of arm A and of arm B (`epoch_times`), one machine
                  better: str,  # the claim: A's epochs take 'higher' or 'lower' time than B's

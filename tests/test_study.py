@@ -12,13 +12,14 @@ BASE = dict(vgg_n=0, n_rrdb=1, patch='4,4,3', vgg_resize='native')
 def statuses(d): return {n: r['status'] for n, r in json.loads((d/'study.json').read_text())['runs'].items()}
 
 def test_study_runs_records_failure_and_resumes(tmp_path, small_data):
-    grid = Grid('demo', BASE, {'VGG': {'vgg_n': [0, 2]}, 'broken': {'weights': ['/nowhere/vgg16.pth']}, 'bad': {'patch': ['99,99,99']}}, TINY)
+    broken = [{'vgg_n': 2, 'weights': '/nowhere/vgg16.pth'}]  # the perceptual loss needs a VGG16 file that is not there
+    grid = Grid('demo', BASE, {'VGG': {'vgg_n': [0, 2]}, 'broken': broken, 'bad': {'patch': ['99,99,99']}}, TINY)
     out = run_study(grid, tmp_path/'s', data=small_data)
     st = statuses(out)
     assert st == {'baseline': 'finished', 'vgg_n=2': 'finished',
-                  'weights=_nowhere_vgg16.pth': 'failed', 'patch=99x99x99': 'failed'}
+                  'vgg_n=2-weights=_nowhere_vgg16.pth': 'failed', 'patch=99x99x99': 'failed'}
     runs = json.loads((out/'study.json').read_text())['runs']
-    assert 'vgg16.pth' in runs['weights=_nowhere_vgg16.pth']['error']
+    assert 'vgg16.pth' in runs['vgg_n=2-weights=_nowhere_vgg16.pth']['error']
     assert 'larger than the LR volume' in runs['patch=99x99x99']['error']
     for n in ('baseline', 'vgg_n=2'):
         assert (out/'runs'/f'{n}.ipynb').exists() and (out/'runs'/n/'metrics.json').exists()

@@ -155,7 +155,7 @@ def gpu_sections(b: Run,  # the bench run
 
 # %% ../../nbs/bench_gpu.ipynb #ed14844c
 DRY_SHAPE = (64, 64, 48)  # HR volumes of a dry run (LR 16x16x12)
-DRY_RUN = dict(nf=8, gc=4, n_rrdb=1, d_nf=4, patch='4,4,3', batch_size=2, patches_per_volume=1, vgg_resize='native',
+DRY_RUN = dict(nf=8, gc=4, n_rrdb=1, d_nf=4, patch='8,8,6', batch_size=2, patches_per_volume=1, vgg_resize='native',
                mixed_precision='no', num_workers=0)  # a dry run's model and loader: tiny, float32, in one process
 CHECK_RUNS = {'paper': dict(epochs=2), 'full': dict(vgg_n='full', vgg_chunk=1024, epochs=1)}  # name -> changes
 

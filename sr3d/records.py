@@ -80,7 +80,10 @@ def read_run(run_dir,  # a finished run's folder
     m = json.loads((run_dir/'metrics.json').read_text())
     log = pd.read_csv(run_dir/'log.csv')
     cons = run_dir/'consistency.csv'
-    return Run(run_dir.name, settings or {}, cfg['config'], cfg['provenance']['device'],
+    device = cfg['provenance']['device']
+    elsewhere = sorted({r['device'] for r in cfg.get('reopened', [])} - {device})  # resumed on another device
+    if elsewhere: device += f" (resumed on {'; '.join(elsewhere)})"  # a machine of its own: never compared for cost
+    return Run(run_dir.name, settings or {}, cfg['config'], device,
                PRECISION_NAMES.get(cfg.get('precision', 'no'), cfg.get('precision')), log.seconds.to_numpy(float),
                log.load.to_numpy(float) if 'load' in log else None, cfg['provenance'].get('cpu_threads', 1),
                int(log.vgg_images.sum()) if 'vgg_images' in log else None, m['methods'], m['lpips'],

@@ -40,8 +40,8 @@ def open_run(c: TrainConfig,  # a checked configuration
     "Create (or re-open, for the same configuration) the run folder and write config.json."
     d = resolve(c.run_dir)
     cfg_file = d/'config.json'
-    if cfg_file.exists():
-        old = json.loads(cfg_file.read_text())
+    old = json.loads(cfg_file.read_text()) if cfg_file.exists() else None
+    if old:
         if old.get('config_hash') != config_hash(c):
             raise ConfigError(f"run_dir: {d} holds a run of a different configuration ({old.get('config_hash')} != "
                               f"{config_hash(c)}); choose another run_dir")
@@ -50,9 +50,11 @@ def open_run(c: TrainConfig,  # a checked configuration
     d.mkdir(parents=True, exist_ok=True)
     weights = dict(vgg16=find_weights('vgg16', c.weights).as_dict() if c.vgg_n != 0 else None,
                    alexnet=find_weights('alexnet', c.lpips_weights).as_dict())  # which files, where from, their hashes
+    now = provenance()  # a re-opened run keeps the provenance it started with, and lists every re-opening
+    reopened = (old.get('reopened', []) + [{k: now[k] for k in ('git_commit', 'git_dirty', 'device')}]) if old else []
     info = dict(config={**asdict(c), 'run_dir': portable(d)}, config_hash=config_hash(c),
-                list_file=portable(data_path(c.data, c.scale)), precision=resolve_precision(c.mixed_precision), weights=weights,
-                provenance=provenance())
+                list_file=portable(data_path(c.data, c.scale)), precision=resolve_precision(c.mixed_precision),
+                weights=weights, provenance=old.get('provenance', now) if old else now, reopened=reopened)
     write_text(cfg_file, json.dumps(info, indent=1))
     return d
 

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 import numpy as np
 import pandas as pd
+import matplotlib.pyplot as plt
 from .core import markdown_table, write_text
 from .config import THESIS, thesis_values
 from .evaluate import BASELINES, DIGITS
@@ -18,8 +19,8 @@ from .claims import Claim, best_interpolation, claim_outcome, judge_quality, the
 
 # %% auto #0
 __all__ = ['WORDS', 'machines', 'table_machine', 'study_table', 'slug', 'study_header', 'write_tables', 'compact_table',
-           'thesis_table', 'study_minutes', 'lever_effects', 'verdict_words', 'claims_table', 'claim_summary',
-           'consistency_table', 'adversarial_weight']
+           'thesis_table', 'study_minutes', 'lever_effects', 'lever_effects_figure', 'verdict_words', 'claims_table',
+           'claim_summary', 'consistency_table', 'adversarial_weight']
 
 # %% ../nbs/report.ipynb #rp06
 def machines(study: Study) -> dict[str, str]:
@@ -167,6 +168,31 @@ def lever_effects(study: Study,
                                 f'd_{metric}_hi': r.get('hi')})
             rows.append(row)
     return pd.DataFrame(rows)
+
+# %% ../nbs/report.ipynb #90ae8348
+def lever_effects_figure(fx: pd.DataFrame,  # from `lever_effects`
+                         metrics=('psnr', 'lpips'),  # a row of panels each
+                        ):
+    "Each table's configurations: the seed-aware difference from the baseline (with its interval) against relative cost."
+    metrics = [m for m in metrics if f'd_{m}' in fx and fx[f'd_{m}'].notna().any()]
+    fx = fx[fx.cost_ratio.notna()]
+    tables = list(dict.fromkeys(fx.table))
+    fig, axs = plt.subplots(len(metrics), len(tables), figsize=(3.4 * len(tables), 2.9 * len(metrics)), squeeze=False)
+    for j, title in enumerate(tables):
+        t = fx[fx.table == title].reset_index(drop=True)
+        for i, m in enumerate(metrics):
+            ax, y = axs[i, j], t[f'd_{m}']
+            ax.axhline(0, color='grey', lw=0.8)
+            ax.errorbar(t.cost_ratio, y, yerr=[y - t[f'd_{m}_lo'], t[f'd_{m}_hi'] - y], fmt='o', capsize=3)
+            for k, r in t.iterrows():  # labels alternate above and below: no collisions
+                ax.annotate(r.label.replace('vgg_n ', 'n ').replace('vgg_resize ', ''), (r.cost_ratio, r[f'd_{m}']),
+                            fontsize=7, xytext=(5, 6 if k % 2 else -11), textcoords='offset points')
+            ax.set_xlabel('min/epoch ÷ baseline', fontsize=8)
+            ax.set_ylabel(f"Δ{m.upper()} vs baseline" + (' (dB)' if m == 'psnr' else ''), fontsize=8)
+            ax.margins(x=0.25, y=0.15)  # room for the labels of the outermost points
+            if i == 0: ax.set_title(title.split('—')[-1].strip(), fontsize=9)
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/report.ipynb #rp18
 WORDS = {'holds': 'yes', 'opposite': 'no, the opposite', 'cannot check': 'cannot check'}

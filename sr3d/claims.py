@@ -4,12 +4,12 @@
 
 # %% ../nbs/claims.ipynb #cl03
 from __future__ import annotations
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from .config import THESIS, thesis_values
 from .grids import Grid, grid_configs
-from .records import Run, Study
+from .records import Study
 from .stats import compare, compare_cost, epoch_times, outcome, pooled_seed_var
 
 # %% auto #0

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 from scipy import stats
 from .core import recorded_path, write_text
 from .config import data_path
-from .data import SCALE, pool, project, scale3, upsample_nearest
+from .data import SCALE, pool, project, upsample_nearest
 from .infer import super_resolve
 from .metrics import lpips_model, prepare_pair, psnr, volume_metrics
 from .model import load_generator

@@ -4,7 +4,6 @@
 
 # %% ../nbs/report.ipynb #rp03
 from __future__ import annotations
-from dataclasses import asdict
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -13,7 +12,7 @@ from .core import markdown_table, write_text
 from .config import THESIS, thesis_values
 from .evaluate import BASELINES, DIGITS
 from .metrics import NAMES
-from .grids import LEVERS, Grid, table_levers, table_runs
+from .grids import LEVERS, table_levers, table_runs
 from .records import Study
 from .claims import Claim, best_interpolation, claim_outcome, judge_quality, thesis_row
 

@@ -5,8 +5,6 @@
 # %% ../nbs/stats.ipynb #st02
 from __future__ import annotations
 import numpy as np
-import pandas as pd
-import matplotlib.pyplot as plt
 from scipy import stats
 
 # %% auto #0

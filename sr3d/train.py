@@ -16,7 +16,6 @@ import matplotlib.pyplot as plt
 warnings.filterwarnings('ignore', message='IProgress not found')
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-import sr3d
 from .core import atomic, parse_size, portable, project_root, resolve, write_text
 # make_config too: scripts start a run with `from sr3d.train import make_config, launch`
 from .config import THESIS_PATCHES, ConfigError, TrainConfig, config_hash, data_path, make_config, vgg_schedule

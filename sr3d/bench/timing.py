@@ -15,7 +15,7 @@ from scipy import ndimage
 import sr3d
 from ..core import parse_size
 from ..config import TrainConfig
-from ..data import SCALE, scale3, save_volume
+from ..data import scale3, save_volume
 from ..prepare import prepare_folder
 from ..machine import cpu_model, resolve_precision
 from ..train import Models, build, reset_accelerate, train_step

@@ -227,6 +227,9 @@ def judge_pair(study: Study, claim: Claim, a: dict, b: dict,  # the arms' settin
     if missing: v.note = f"runs missing: {', '.join(missing)}"
     elif claim.kind == 'cost': v.__dict__.update(judge_cost(study, claim, ra, rb))
     else: v.__dict__.update(judge_quality(study, claim, ra, rb, target))
+    blew = [r for s in ([a] if claim.b_method else [a, b]) for r in study.seed_runs(s, diverged=True)]
+    if blew: v.note = '; '.join(filter(None, [v.note, 'left out, diverged in training: ' + ', '.join(
+        f"{r.name} (epoch {r.diverged_at})" for r in blew)]))
     return v
 
 def judge(study: Study, claim: Claim) -> list[Verdict]:

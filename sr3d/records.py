@@ -16,11 +16,12 @@ from .grids import Grid, seed_runs
 from .study import study_grid
 
 # %% auto #0
-__all__ = ['PRECISION_NAMES', 'LOAD_MARGIN', 'FAKE_ARMS', 'Run', 'read_run', 'Study', 'read_study', 'fake_study']
+__all__ = ['PRECISION_NAMES', 'LOAD_MARGIN', 'DIVERGED', 'FAKE_ARMS', 'Run', 'read_run', 'Study', 'read_study', 'fake_study']
 
 # %% ../nbs/records.ipynb #rc04
 PRECISION_NAMES = {'no': 'float32', 'bf16': 'bf16', 'fp16': 'fp16'}  # config.json's precision, as a reader says it
 LOAD_MARGIN = 0.5  # an epoch whose 1-minute load exceeded the run's threads by more than this shared the CPU
+DIVERGED = 10  # an epoch whose mean pixel loss exceeds this many times the lowest before it: training blew up
 
 @dataclass
 class Run:
@@ -39,6 +40,7 @@ class Run:
     cases: pd.DataFrame  # per_case.csv: one row per method and test case
     consistency: pd.DataFrame | None  # consistency.csv where the run has one
     list_file: str  # the data set, as config.json records it
+    pixel_loss: np.ndarray | None = None  # every epoch's mean pixel (MSE) loss of G (log.csv's mse)
 
     @property
     def seed(self) -> int: return self.config['seed']
@@ -56,6 +58,13 @@ class Run:
     def min_per_epoch(self) -> float:
         "The median of `timed_seconds` in minutes (NaN when every epoch shared the CPU)."
         return float(np.median(self.timed_seconds)) / 60 if len(self.timed_seconds) else float('nan')
+    @property
+    def diverged_at(self) -> int | None:
+        "The first epoch whose pixel loss was not finite or above `DIVERGED` x the lowest before it; None: it trained."
+        if self.pixel_loss is None or len(self.pixel_loss) < 2: return None
+        p = self.pixel_loss
+        blew = ~np.isfinite(p[1:]) | (p[1:] > DIVERGED * np.fmin.accumulate(p)[:-1])
+        return int(np.argmax(blew)) + 2 if blew.any() else None  # epochs count from 1
     @property
     def hours_total(self) -> float: return self.min_per_epoch * self.epochs / 60
 
@@ -87,7 +96,8 @@ def read_run(run_dir,  # a finished run's folder
                PRECISION_NAMES.get(cfg.get('precision', 'no'), cfg.get('precision')), log.seconds.to_numpy(float),
                log.load.to_numpy(float) if 'load' in log else None, cfg['provenance'].get('cpu_threads', 1),
                int(log.vgg_images.sum()) if 'vgg_images' in log else None, m['methods'], m['lpips'],
-               pd.read_csv(run_dir/'per_case.csv'), pd.read_csv(cons) if cons.exists() else None, cfg['list_file'])
+               pd.read_csv(run_dir/'per_case.csv'), pd.read_csv(cons) if cons.exists() else None, cfg['list_file'],
+               log.mse.to_numpy(float) if 'mse' in log else None)
 
 # %% ../nbs/records.ipynb #rc05
 @dataclass
@@ -102,9 +112,17 @@ class Study:
         "The baseline's settings with `changes`."
         return {**self.grid.baseline, **changes}
 
-    def seed_runs(self, settings: dict) -> list[Run]:
-        "The finished runs of the configuration `settings`, one per seed, its own (seed 0) first."
-        return [self.runs[n] for n in seed_runs(self.grid, settings) if n in self.runs]
+    def seed_runs(self, settings: dict,
+                  diverged: bool = False,  # the runs whose training blew up (`Run.diverged_at`) instead
+                 ) -> list[Run]:
+        "The finished runs of `settings` that trained (or, with `diverged`, those that blew up), one per seed."
+        runs = [self.runs[n] for n in seed_runs(self.grid, settings) if n in self.runs]
+        return [r for r in runs if (r.diverged_at is not None) == diverged]
+
+    @property
+    def diverged(self) -> list[Run]:
+        "Every finished run whose training blew up: left out of means, spreads and verdicts, and named by the report."
+        return [r for r in self.runs.values() if r.diverged_at is not None]
 
     def list_file(self) -> Path:
         "The data set of the study's baseline (else its first run), in this checkout (`Run.list_path`)."

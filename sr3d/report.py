@@ -52,10 +52,13 @@ def study_table(study: Study, title: str) -> pd.DataFrame:
     home, letters, rows = table_machine(study, configs), machines(study), []
     for s in configs:
         row, runs = {**{k: s.get(k, '') for k in varied}, 'run': grid.name(s)}, study.seed_runs(s)
+        blew = study.seed_runs(s, diverged=True)  # left out of the means: named, with the epoch it blew up at
         if not runs:
-            rows.append({**row, 'status': study.state['runs'].get(grid.name(s), {}).get('status', 'missing')})
+            status = study.state['runs'].get(grid.name(s), {}).get('status', 'missing')
+            rows.append({**row, 'status': f"diverged (epoch {blew[0].diverged_at})" if blew else status})
             continue
-        row.update({k.upper(): _fmt(_mean(runs, k), DIGITS[k]) for k in NAMES}, seeds=str(len(runs)))
+        row.update({k.upper(): _fmt(_mean(runs, k), DIGITS[k]) for k in NAMES},
+                   seeds=f"{len(runs)}" + (f" (+{len(blew)} diverged)" if blew else ''))
         row.update({f'{k.upper()} seed SD': _fmt(_sd(runs, k), DIGITS[k] + 1) for k in ('psnr', 'lpips')})
         timed = [r for r in runs if r.machine == home] or [runs[0]]
         minutes = float(np.nanmedian([r.min_per_epoch for r in timed])) if any(len(r.timed_seconds) for r in timed) else None
@@ -99,6 +102,8 @@ def study_header(study: Study) -> str:
                   f"epochs per run: {r.epochs}",
                   *[f"- machine {k}: {m} — {sum(x.machine == m for x in runs)} runs"
                     for m, k in machines(study).items()],
+                  *([f"- diverged in training, left out of means, seed spreads and verdicts: " + ', '.join(
+                      f"{x.name} (epoch {x.diverged_at})" for x in study.diverged)] if study.diverged else []),
                   "- seeds: " + (', '.join(f"{n} {k}" for n, k in seeded.items()) + '; every other configuration 1'
                                  if seeded else 'one per configuration'),
                   f"- VGG16 weights for the perceptual loss: `{r.config['weights']}`",
@@ -111,8 +116,8 @@ def write_tables(study: Study) -> Path:
     "Write `tables.md` and `<table>.csv` for every table of the study; return tables.md."
     parts = [f"# Study `{study.dir.name}`\n", study_header(study), '',
              "Cells are means over a configuration's seeds of each run's mean over the test volumes; 'seed SD' is "
-             "the spread between its seeds. Time per epoch is the median over a run's epochs, on the machine named "
-             "in `on`.\n"]
+             "the spread between its seeds; '+k diverged' counts runs whose training blew up (left out of the cells). "
+             "Time per epoch is the median over a run's epochs, on the machine named in `on`.\n"]
     for title in study.grid.tables:
         t = study_table(study, title)
         write_text(study.dir/f'{slug(title)}.csv', t.to_csv(index=False))
@@ -236,7 +241,7 @@ def consistency_table(study: Study) -> pd.DataFrame:
     "Per run with a consistency.csv: DC-PSNR, error shares, and the projection's effect on PSNR, SSIM and LPIPS."
     rows = []
     for r in study.runs.values():
-        if r.consistency is None: continue
+        if r.consistency is None or r.diverged_at is not None: continue  # a blown-up run owes nothing to its LR
         c = r.consistency.groupby('method').mean(numeric_only=True)
         sr, proj = c.loc['sr3d'], c.loc['sr3d + projection']
         mine = {k: r.values(k).mean() for k in ('psnr', 'ssim', 'lpips') if r.methods['sr3d'].get(k)}

@@ -90,7 +90,7 @@ def write_consistency(run_dir,  # a finished run's folder (with generator.pt and
     "Write `consistency.csv` for a run from its generator, on its test cases; return its path."
     run_dir = Path(run_dir)
     cfg = json.loads((run_dir/'config.json').read_text())
-    list_file = data_path(cfg['config']['data']) if cfg['config']['data'] == 'demo' else recorded_path(
+    list_file = data_path('demo', cfg['config'].get('scale', SCALE)) if cfg['config']['data'] == 'demo' else recorded_path(
         cfg['list_file'], f'{run_dir}/config.json: list_file')
     g = load_generator(run_dir/'generator.pt')
     net, _ = lpips_model(lpips_weights)

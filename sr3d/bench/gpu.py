@@ -13,7 +13,7 @@ import torch
 from ..core import PeakMemory
 from ..config import THESIS, THESIS_PATCHES, TrainConfig, make_config
 from ..model import load_generator
-from ..train import launch
+from ..train import NonFiniteLoss, launch
 from ..evaluate import evaluate_generator, format_table
 from .timing import (
     Step, accelerator, best, device_name, free, interleaved, msd_sized_data, step_setup, sync, whole_step)
@@ -88,6 +88,7 @@ def variant_table(c: TrainConfig,  # the configuration stepped
             flops, ref = flops or f, ref or first
             row['max_rel_diff_vs_ref'] = max(abs(first[k] - ref[k]) / max(abs(ref[k]), 1e-12) for k in ref)
         except torch.OutOfMemoryError: row = dict(error='out of memory')
+        except NonFiniteLoss as e: row = dict(error=f'non-finite loss: {e}')  # a row of its own; the check goes on
         free(device)
         rows.append(dict(variant=name, **row))
     df = pd.DataFrame(rows)

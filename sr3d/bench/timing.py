@@ -89,11 +89,12 @@ class Step:
 
 def step_setup(c: TrainConfig,  # the configuration (its VGG weights are replaced by random ones)
                acc: Accelerator,  # where and how the step runs
-               seed: int = 0,  # the random batch
+               seed: int = 0,  # the models' initialisation and the random batch
                channels_last: bool = False,  # 3D nets and their batch in channels_last_3d
                compile: bool = False,  # torch.compile the generator and the discriminator
               ) -> Step:
     "The models `sr3d.train.build` makes for `c`, prepared by `acc`, and one random batch."
+    torch.manual_seed(seed)  # the models' initialisation too: the same step every time
     m = build(TrainConfig(**{**asdict(c), 'weights': 'random'}), acc.device)
     mf = torch.channels_last_3d if channels_last else torch.contiguous_format
     if channels_last: m.G, m.D = m.G.to(memory_format=mf), m.D.to(memory_format=mf)

@@ -102,7 +102,7 @@ def study_header(study: Study) -> str:
                   f"epochs per run: {r.epochs}",
                   *[f"- machine {k}: {m} — {sum(x.machine == m for x in runs)} runs"
                     for m, k in machines(study).items()],
-                  *([f"- diverged in training, left out of means, seed spreads and verdicts: " + ', '.join(
+                  *(["- diverged in training, left out of means, seed spreads and verdicts: " + ', '.join(
                       f"{x.name} (epoch {x.diverged_at})" for x in study.diverged)] if study.diverged else []),
                   "- seeds: " + (', '.join(f"{n} {k}" for n, k in seeded.items()) + '; every other configuration 1'
                                  if seeded else 'one per configuration'),

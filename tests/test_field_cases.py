@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch, yaml
 from scipy import ndimage
-from sr3d.data import grid_difference, load_volume, lr_affine, pool, save_volume
+from sr3d.data import grid_difference, lr_affine, pool, save_volume
 from sr3d.evaluate import eval_cli
 from sr3d.infer import infer_cli
 from sr3d.metrics import same_scale, volume_metrics

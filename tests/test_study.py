@@ -1,5 +1,5 @@
 """The study end to end at tiny scale: runs through papermill, a failure recorded, resume and kill-and-rerun."""
-import json, os, signal, subprocess, sys, time
+import json, signal, subprocess, sys, time
 from pathlib import Path
 import pytest, yaml
 from sr3d.grids import Grid
@@ -60,7 +60,7 @@ def test_killed_study_finishes_the_rest(tmp_path, small_data):
 
 def test_two_studies_keep_to_their_folders(tmp_path, small_data):
     a = Grid('demo', BASE, {'VGG': {'vgg_n': [0]}}, TINY)
-    out = run_study(a, tmp_path/'a', data=small_data, summary=False)
+    run_study(a, tmp_path/'a', data=small_data, summary=False)
     b = Grid('demo', BASE, {'VGG': {'vgg_n': [0]}}, dict(TINY, epochs=2))
     try: run_study(b, tmp_path/'a', data=small_data, summary=False); raise AssertionError('a different grid was run into the same folder')
     except ValueError as e: assert 'different grid' in str(e)

@@ -1,5 +1,5 @@
 """Training end to end: papermill, two processes, kill-and-resume, invalid parameters, a non-finite loss."""
-import json, os, signal, subprocess, sys, time
+import json, signal, subprocess, sys, time
 from pathlib import Path
 import numpy as np, pytest, torch
 import papermill as pm
